@@ -1,0 +1,83 @@
+"""Small PyTorch helpers: device selection, seeding, EMA of weights, conv+BN fusion, timing."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def select_device(device: str = "") -> torch.device:
+    """'' (CUDA if available else CPU), 'cpu', '0' or 'cuda:0'. Raises ValueError when unavailable."""
+    device = str(device).strip().lower().replace("cuda:", "")
+    if device in ("", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "mps":
+        return torch.device("mps")
+    first = device.split(",")[0]
+    if not first.isdigit():
+        raise ValueError(f"invalid --device '{device}': use '', 'cpu', or a CUDA index such as 0")
+    if not torch.cuda.is_available() or int(first) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device} requested but CUDA device {first} is not available; use --device cpu")
+    return torch.device(f"cuda:{first}")
+
+
+def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch RNGs (and optionally request deterministic kernels)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def time_sync() -> float:
+    """time.time() after waiting for pending CUDA work, for honest timings."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.time()
+
+
+@torch.no_grad()
+def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a Conv2d with bias equivalent to conv followed by bn in eval mode."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True).to(conv.weight.device)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
+    return fused.requires_grad_(False)
+
+
+class ModelEMA:
+    """Exponential moving average of model weights with YOLOv5's warm-up of the decay.
+
+    decay_t = decay * (1 - exp(-updates / tau)), so early updates follow the model closely.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+        self.ema = copy.deepcopy(model).eval()
+        self.updates = updates
+        self.decay = lambda x: decay * (1 - math.exp(-x / tau))
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay(self.updates)
+        msd = model.state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
