@@ -1,0 +1,278 @@
+"""Whole-frame and sliced (SAHI-style) inference on one BGR image.
+
+Sliced inference cuts a large frame into overlapping square tiles, runs the tiles through the
+model in batches, maps every tile's boxes back to the frame, optionally adds a pass over the
+whole frame at model size (for objects larger than a tile), and merges the duplicates that
+tiles' overlaps produce. Small objects gain because each tile reaches the model at (close to)
+full resolution instead of being shrunk with the whole frame.
+
+All detections returned here are (n, 6) float tensors ``[x1, y1, x2, y2, conf, cls]`` in pixels
+of the original image, sorted by confidence.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms
+
+from utils.boxes import clip_boxes, scale_boxes
+from utils.nms import non_max_suppression
+from utils.torch_utils import time_sync
+
+PAD_VALUE = 114  # letterbox grey, as in training
+TTA_PASSES = ((1.0, False), (0.83, True), (0.67, False))  # (scale, left-right flip)
+MERGE_MODES = ("nms", "nmm")
+MATCH_METRICS = ("ios", "iou")
+
+
+def tile_coordinates(img_w: int, img_h: int, slice_size: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Corners ``(x1, y1, x2, y2)`` (pixels, x2/y2 exclusive) of tiles covering an image.
+
+    Tiles are ``slice_size`` square and step by ``floor(slice_size * (1 - overlap))``, so two
+    neighbours overlap by at least ``overlap * slice_size``; the last row and column are moved
+    flush with the bottom/right border (overlapping their neighbour more) instead of hanging
+    over it. A side shorter than ``slice_size`` gets a single tile of that side's length.
+    Order: row by row, left to right.
+    """
+    if slice_size < 1:
+        raise ValueError(f"slice size must be a positive number of pixels, got {slice_size}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"slice overlap must be in [0, 1), got {overlap}")
+    step = max(int(slice_size * (1 - overlap)), 1)
+
+    def starts(length: int) -> list[int]:
+        if length <= slice_size:
+            return [0]
+        return [*range(0, length - slice_size, step), length - slice_size]
+
+    return [(x, y, min(x + slice_size, img_w), min(y + slice_size, img_h))
+            for y in starts(img_h) for x in starts(img_w)]
+
+
+def letterbox(img: np.ndarray, new_shape: int | tuple[int, int], stride: int = 32, auto: bool = False,
+              color: int = PAD_VALUE) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize ``img`` (HxWxC) keeping its aspect ratio to fit ``new_shape`` (h, w), then pad.
+
+    ``auto`` pads only up to the next multiple of ``stride`` (a rectangle, fewer pixels to run)
+    instead of up to ``new_shape`` (a fixed shape, needed to stack tiles into one batch).
+    Returns (image, (ratio_h, ratio_w), (padw, padh)); the last two are the ``ratio_pad`` that
+    ``utils.boxes.scale_boxes`` takes to map boxes back.
+    """
+    h0, w0 = img.shape[:2]
+    nh, nw = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
+    r = min(nh / h0, nw / w0)
+    w1, h1 = round(w0 * r), round(h0 * r)
+    pw, ph = nw - w1, nh - h1
+    if auto:
+        pw, ph = pw % stride, ph % stride
+    if (w1, h1) != (w0, h0):
+        img = cv2.resize(img, (w1, h1), interpolation=cv2.INTER_LINEAR if r > 1 else cv2.INTER_AREA)
+    left, top = pw // 2, ph // 2
+    img = cv2.copyMakeBorder(img, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT,
+                             value=(color, color, color))
+    return img, (h1 / h0, w1 / w0), (left, top)
+
+
+def to_tensor(imgs: list[np.ndarray], device: torch.device, half: bool = False) -> torch.Tensor:
+    """Same-size HxWx3 uint8 BGR images -> (B, 3, H, W) RGB float in [0, 1] on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs)[..., ::-1].transpose(0, 3, 1, 2)))
+    x = x.to(device, non_blocking=True)
+    return (x.half() if half else x.float()) / 255
+
+
+def _model_device_stride(model: nn.Module) -> tuple[torch.device, int]:
+    p = next(model.parameters(), None)
+    stride = int(model.stride.max()) if hasattr(model, "stride") else 32
+    return (p.device if p is not None else torch.device("cpu")), stride
+
+
+def _predict_tta(model: nn.Module, x: torch.Tensor, stride: int) -> torch.Tensor:
+    """Test-time augmentation: predictions of scaled and flipped copies, in ``x`` pixels.
+
+    Each copy is shrunk by its scale and padded right/bottom to a multiple of ``stride`` (so
+    boxes need no shift), its boxes divided by the scale and, for the flipped one, mirrored.
+    Returns (B, N1 + N2 + N3, 5 + nc), to be merged by NMS like a single pass.
+    """
+    h, w = x.shape[-2:]
+    outs = []
+    for scale, flip in TTA_PASSES:
+        xi = x.flip(-1) if flip else x
+        if scale != 1.0:
+            sh, sw = int(h * scale), int(w * scale)
+            xi = F.interpolate(xi, size=(sh, sw), mode="bilinear", align_corners=False)
+            ph, pw = -sh % stride, -sw % stride
+            xi = F.pad(xi, (0, pw, 0, ph), value=PAD_VALUE / 255)
+        y = model.predict(xi)
+        y[..., :4] /= scale
+        if flip:
+            y[..., 0] = w - y[..., 0]
+        outs.append(y)
+    return torch.cat(outs, 1)
+
+
+def _model_predict(model: nn.Module, x: torch.Tensor, augment: bool, stride: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return _predict_tta(model, x, stride) if augment else model.predict(x)
+
+
+def _add_times(times: list[float] | None, *dt: float) -> None:
+    if times is not None:
+        for i, t in enumerate(dt):
+            times[i] += t
+
+
+def predict_image(model: nn.Module, img_bgr: np.ndarray, imgsz: int | tuple[int, int],
+                  conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
+                  classes: list[int] | None = None, agnostic: bool = False, half: bool = False,
+                  augment: bool = False, times: list[float] | None = None) -> torch.Tensor:
+    """Whole-frame inference: letterbox to ``imgsz`` (h, w or square), predict, NMS, map back.
+
+    The frame is letterboxed to a rectangle padded only to the stride (YOLOv5 detect.py), so a
+    16:9 frame costs about 16:9 of a square. ``times`` (if given, 3 floats) accumulates
+    seconds spent in pre-process, inference and NMS. Returns (n, 6) in ``img_bgr`` pixels.
+    """
+    device, stride = _model_device_stride(model)
+    t0 = time_sync()
+    img, ratio, pad = letterbox(img_bgr, imgsz, stride, auto=True)
+    x = to_tensor([img], device, half)
+    t1 = time_sync()
+    pred = _model_predict(model, x, augment, stride)
+    t2 = time_sync()
+    det = non_max_suppression(pred.float(), conf_thres, iou_thres, classes, agnostic, max_det)[0]
+    scale_boxes(x.shape[2:], det[:, :4], img_bgr.shape[:2], (ratio, pad))
+    _add_times(times, t1 - t0, t2 - t1, time_sync() - t2)
+    return det
+
+
+def _match_scores(box: np.ndarray, boxes: np.ndarray, metric: str) -> np.ndarray:
+    """IoU or IoS (intersection over the smaller area) of one xyxy box with (n, 4) boxes -> (n,)."""
+    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = iw * ih
+    a = (box[2] - box[0]) * (box[3] - box[1])
+    b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    denom = np.minimum(a, b) if metric == "ios" else a + b - inter
+    return inter / np.maximum(denom, 1e-9)
+
+
+def greedy_nmm(det: torch.Tensor, match_thres: float = 0.5, match_metric: str = "ios",
+               agnostic: bool = False) -> torch.Tensor:
+    """Greedy non-maximum merging of (n, 6) ``[x1, y1, x2, y2, conf, cls]`` detections.
+
+    In descending confidence, each box not yet merged is kept, and every remaining box of the
+    same class (any class if ``agnostic``) whose IoS/IoU with it exceeds ``match_thres`` is merged
+    into it: the kept box grows to the union of the group and keeps the highest confidence.
+    Unlike NMS, an object cut in two by a tile edge comes out as one whole box. Matching is
+    against the kept box as first seen, one pass (SAHI's greedy NMM). Returns (m, 6), m <= n.
+    """
+    if match_metric not in MATCH_METRICS:
+        raise ValueError(f"match metric must be one of {MATCH_METRICS}, got '{match_metric}'")
+    if det.shape[0] < 2:
+        return det
+    order = det[:, 4].argsort(descending=True)
+    det = det[order]
+    d = det.detach().cpu().double().numpy()  # a loop over kept boxes: cheaper on CPU arrays
+    alive = np.ones(len(d), dtype=bool)
+    keep, merged = [], []
+    for i in range(len(d)):
+        if not alive[i]:
+            continue
+        alive[i] = False
+        cand = np.flatnonzero(alive if agnostic else alive & (d[:, 5] == d[i, 5]))
+        group = cand[_match_scores(d[i, :4], d[cand, :4], match_metric) > match_thres]
+        alive[group] = False
+        box = d[np.append(group, i), :4]
+        keep.append(i)
+        merged.append([*box[:, :2].min(0), *box[:, 2:].max(0)])
+    out = det[keep].clone()
+    out[:, :4] = torch.tensor(merged, dtype=out.dtype, device=out.device)
+    return out
+
+
+def merge_detections(det: torch.Tensor, merge: str = "nms", iou_thres: float = 0.45,
+                     agnostic: bool = False, match_metric: str = "ios") -> torch.Tensor:
+    """Remove the duplicates that overlapping tiles (and the full-frame pass) produce.
+
+    ``merge='nms'``: class-aware NMS at ``iou_thres``; ``'nmm'``: :func:`greedy_nmm` with
+    ``match_metric`` at threshold ``iou_thres``. Returns (m, 6) sorted by confidence.
+    """
+    if merge not in MERGE_MODES:
+        raise ValueError(f"merge must be one of {MERGE_MODES}, got '{merge}'")
+    if det.shape[0] == 0:
+        return det
+    if merge == "nmm":
+        return greedy_nmm(det, iou_thres, match_metric, agnostic)
+    groups = torch.zeros_like(det[:, 5]) if agnostic else det[:, 5]
+    return det[batched_nms(det[:, :4], det[:, 4], groups, iou_thres)]
+
+
+def _predict_tiles(model: nn.Module, img_bgr: np.ndarray, tiles: list[tuple[int, int, int, int]],
+                   imgsz: int, batch_size: int, nms_args: dict, half: bool, augment: bool,
+                   times: list[float] | None) -> list[torch.Tensor]:
+    """Per-tile detections (n, 6) in frame pixels, the tiles run ``batch_size`` at a time."""
+    device, stride = _model_device_stride(model)
+    out = []
+    for b in range(0, len(tiles), batch_size):
+        t0 = time_sync()
+        batch = tiles[b:b + batch_size]
+        boxed = [letterbox(img_bgr[y1:y2, x1:x2], imgsz, stride) for x1, y1, x2, y2 in batch]
+        x = to_tensor([im for im, _, _ in boxed], device, half)
+        t1 = time_sync()
+        pred = _model_predict(model, x, augment, stride)
+        t2 = time_sync()
+        dets = non_max_suppression(pred.float(), **nms_args)
+        for det, (x1, y1, x2, y2), (_, ratio, pad) in zip(dets, batch, boxed):
+            scale_boxes(x.shape[2:], det[:, :4], (y2 - y1, x2 - x1), (ratio, pad))
+            det[:, [0, 2]] += x1  # tile -> frame: the tile offset, exactly
+            det[:, [1, 3]] += y1
+            out.append(det)
+        _add_times(times, t1 - t0, t2 - t1, time_sync() - t2)
+    return out
+
+
+def sliced_predict(model: nn.Module, img_bgr: np.ndarray, slice_size: int, overlap: float, imgsz: int,
+                   conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
+                   full_frame: bool = True, batch_size: int = 8, merge: str = "nms",
+                   classes: list[int] | None = None, agnostic: bool = False, half: bool = False,
+                   *, match_metric: str = "ios", augment: bool = False,
+                   times: list[float] | None = None) -> torch.Tensor:
+    """Sliced inference on one frame.
+
+    Args:
+        model: a DetectionModel in eval mode (``predict(x)`` -> (B, N, 5 + nc) decoded, and
+            ``stride``); already ``.half()`` when ``half``.
+        img_bgr: HxWx3 uint8 BGR frame at its original size.
+        slice_size: tile side in frame pixels; overlap: fraction of a tile shared by neighbours.
+        imgsz: the side each (square) tile is letterboxed to; also the full-frame size.
+        conf_thres, iou_thres, max_det, classes, agnostic: as in ``non_max_suppression``; applied
+            per tile, and ``iou_thres`` / ``max_det`` again when merging.
+        full_frame: also run the whole frame at ``imgsz`` and merge its boxes in (skipped when
+            a single tile covers the frame).
+        batch_size: tiles per forward pass.
+        merge: 'nms' or 'nmm' (greedy non-maximum merging, ``match_metric`` 'ios' or 'iou').
+        augment: test-time augmentation on every pass.
+        times: if given, 3 floats accumulating pre-process, inference and NMS seconds.
+
+    Returns:
+        (n, 6) ``[x1, y1, x2, y2, conf, cls]`` in frame pixels, n <= max_det, by confidence.
+    """
+    if merge not in MERGE_MODES:
+        raise ValueError(f"merge must be one of {MERGE_MODES}, got '{merge}'")
+    h, w = img_bgr.shape[:2]
+    tiles = tile_coordinates(w, h, slice_size, overlap)
+    nms_args = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic,
+                    max_det=max_det)
+    dets = _predict_tiles(model, img_bgr, tiles, imgsz, max(batch_size, 1), nms_args, half, augment, times)
+    if full_frame and len(tiles) > 1:  # one tile already is the whole frame
+        dets.append(predict_image(model, img_bgr, imgsz, half=half, augment=augment, times=times, **nms_args))
+    t0 = time_sync()
+    det = torch.cat(dets, 0)
+    clip_boxes(det[:, :4], (h, w))
+    det = merge_detections(det, merge, iou_thres, agnostic, match_metric)
+    det = det[det[:, 4].argsort(descending=True)[:max_det]]
+    _add_times(times, 0.0, 0.0, time_sync() - t0)
+    return det
