@@ -224,6 +224,9 @@ class C3TR(C3):
 class SpaceToDepth(nn.Module):
     """YOLOv2 reorg (passthrough): move each block x block patch into channels.
 
+    Channels are ordered as in ``torch.nn.functional.pixel_unshuffle`` (a fixed permutation of
+    Darknet's reorg order; the next conv learns either equally).
+
     (B, c1, H, W) -> (B, c1 * block**2, H / block, W / block); no information is lost, unlike
     a strided conv or pooling, which matters for objects only a few pixels wide.
     """
