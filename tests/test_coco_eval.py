@@ -1,0 +1,192 @@
+"""COCO evaluation: agreement with pycocotools on real COCO ground truth, conversions, edge cases."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils.coco_eval import (COCO_KEYS, CocoEvaluator, CocoFormatError, evaluate_files, format_coco_table,
+                             load_coco_gt, load_coco_results, parse_area_ranges, yolo_labels_to_coco)
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+TINY_COCO_VAL = DATASETS / "tiny-coco" / "annotations" / "instances_val2017.json"
+
+
+def synthetic_detections(gt: dict, seed: int = 0) -> list[dict]:
+    """Detections made from GT: jittered boxes, 20% dropped, false positives, shuffled scores."""
+    rng = np.random.default_rng(seed)
+    dets = []
+    for a in gt["annotations"]:
+        if rng.random() < 0.2:
+            continue
+        x, y, w, h = a["bbox"]
+        j = rng.normal(0, 0.08, 4)
+        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                     "bbox": [x + j[0] * w, y + j[1] * h, w * np.exp(j[2]), h * np.exp(j[3])]})
+    cat_ids = [c["id"] for c in gt["categories"]]
+    for _ in range(len(gt["annotations"]) // 2):
+        im = gt["images"][rng.integers(len(gt["images"]))]
+        w, h = rng.uniform(4, 150, 2)
+        dets.append({"image_id": im["id"], "category_id": int(rng.choice(cat_ids)),
+                     "bbox": [rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h), w, h]})
+    scores = rng.permutation(np.linspace(0.01, 0.99, len(dets)))  # shuffled: some FPs outrank TPs
+    for d, s in zip(dets, scores):
+        d["score"] = float(s)
+    return dets
+
+
+def pycocotools_stats(gt: dict, dets: list[dict], extra: dict | None = None) -> tuple[np.ndarray, dict]:
+    """The reference: pycocotools' 12 summary figures, plus AP/AR of extra area ranges."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(copy.deepcopy(dets)) if dets else COCO()
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        stats, extras = ev.stats.copy(), {}
+        if extra:
+            ev.params.areaRng = [*ev.params.areaRng, *(list(v) for v in extra.values())]
+            ev.params.areaRngLbl = [*ev.params.areaRngLbl, *extra]
+            ev.evaluate()
+            ev.accumulate()
+            for i, name in enumerate(extra):
+                p = ev.eval["precision"][:, :, :, 4 + i, 2]
+                r = ev.eval["recall"][:, :, 4 + i, 2]
+                extras[f"AP_{name}"] = p[p > -1].mean()
+                extras[f"AR_{name}"] = r[r > -1].mean()
+    return stats, extras
+
+
+@pytest.fixture(scope="module")
+def tiny_coco_gt() -> dict:
+    return load_coco_gt(TINY_COCO_VAL)
+
+
+def test_agrees_with_pycocotools_on_tiny_coco(tiny_coco_gt):
+    dets = synthetic_detections(tiny_coco_gt)
+    ranges = parse_area_ranges(["tiny=0,16"])
+    ev = CocoEvaluator(tiny_coco_gt, ranges)
+    ev.add_results(dets)
+    ours = ev.summarize()
+    ref, ref_extra = pycocotools_stats(tiny_coco_gt, dets, ranges)
+    assert 0.2 < ours["AP"] < 0.9  # a non-trivial case
+    for k, v in zip(COCO_KEYS, ref):
+        assert ours[k] == pytest.approx(v, abs=1e-3), k
+    for k, v in ref_extra.items():
+        assert ours[k] == pytest.approx(v, abs=1e-3), k
+
+
+def test_class_index_path_maps_sorted_category_ids(tiny_coco_gt):
+    dets = synthetic_detections(tiny_coco_gt, seed=1)
+    ev = CocoEvaluator(tiny_coco_gt, nc=80)
+    assert "sorted order" in ev.mapping_note  # COCO ids are 1..90 with gaps
+    cat_ids = sorted(c["id"] for c in tiny_coco_gt["categories"])
+    for img_id in {d["image_id"] for d in dets}:
+        ds = [d for d in dets if d["image_id"] == img_id]
+        xywh = torch.tensor([d["bbox"] for d in ds], dtype=torch.float64)
+        xyxy = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1)
+        cls = torch.tensor([cat_ids.index(d["category_id"]) for d in ds])
+        ev.add(img_id, xyxy, torch.tensor([d["score"] for d in ds]), cls)
+    ref, _ = pycocotools_stats(tiny_coco_gt, dets)
+    ours = ev.summarize()
+    assert [ours[k] for k in COCO_KEYS] == pytest.approx(ref.tolist(), abs=1e-3)
+    assert {r["category_id"] for r in ev.results()} <= set(cat_ids)
+
+
+def test_images_absent_from_predictions_count_as_missed(tiny_coco_gt):
+    dets = synthetic_detections(tiny_coco_gt, seed=2)
+    kept = {im["id"] for im in tiny_coco_gt["images"][:25]}
+    dets = [d for d in dets if d["image_id"] in kept]
+    ev = CocoEvaluator(tiny_coco_gt)
+    ev.add_results(dets)
+    ours = ev.summarize()
+    ref, _ = pycocotools_stats(tiny_coco_gt, dets)
+    assert [ours[k] for k in COCO_KEYS] == pytest.approx(ref.tolist(), abs=1e-3)
+    # restricted to the images that were predicted on, the score is higher
+    assert ev.summarize(img_ids=kept)["AR100"] > ours["AR100"] + 0.1
+
+
+def test_no_predictions_all_zero(tiny_coco_gt):
+    stats = CocoEvaluator(tiny_coco_gt, parse_area_ranges(["tiny=0,16"])).summarize()
+    assert set(stats) == {*COCO_KEYS, "AP_tiny", "AR_tiny"}
+    assert all(v == 0.0 for v in stats.values())
+    assert all(v == 0.0 for v in CocoEvaluator(tiny_coco_gt).summarize(img_ids=[]).values())
+
+
+def test_empty_image_and_class_without_gt():
+    labels = [np.array([[0, 0.5, 0.5, 0.2, 0.2]]), np.zeros((0, 5))]  # image 2: no labels
+    gt = yolo_labels_to_coco(labels, np.array([[100, 50], [100, 50]]), ["a", "b", "c"])
+    ev = CocoEvaluator(gt, nc=3)
+    ev.add(1, torch.tensor([[40.0, 20.0, 60.0, 30.0]]), torch.tensor([0.9]), torch.tensor([0]))
+    ev.add(2, torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0))  # no labels, no predictions
+    # a detection of class 2, which has no GT anywhere: COCO leaves that class out of the mean
+    ev.add(1, torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([0.95]), torch.tensor([2]))
+    stats = ev.summarize()
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR100"] == pytest.approx(1.0)
+    assert stats["APs"] == pytest.approx(1.0)  # 20x10 px box: small
+    assert stats["APm"] == 0.0 and stats["APl"] == 0.0  # no GT in those bins: reported as 0
+    assert ev.seen_ids == {1, 2}
+    with pytest.raises(ValueError, match="out of range"):
+        ev.add(1, torch.zeros((1, 4)), torch.ones(1), torch.tensor([3]))
+
+
+def test_yolo_labels_to_coco_uses_true_sizes():
+    labels = [np.array([[1, 0.5, 0.25, 0.1, 0.2], [0, 0.1, 0.1, 0.02, 0.02]], np.float32)]
+    gt = yolo_labels_to_coco(labels, np.array([[640, 512]]), ["person", "car"], ["/x/img_7.jpg"])
+    im = gt["images"][0]
+    assert (im["width"], im["height"], im["file_name"], im["id"]) == (640, 512, "img_7.jpg", 1)
+    a = gt["annotations"][0]
+    assert a["category_id"] == 1 and a["iscrowd"] == 0
+    assert a["bbox"] == pytest.approx([320 - 32, 128 - 51.2, 64, 102.4], abs=1e-3)
+    assert a["area"] == pytest.approx(64 * 102.4, rel=1e-5)  # original pixels, not normalized
+    assert gt["annotations"][1]["area"] == pytest.approx(12.8 * 10.24, rel=1e-5)
+    assert [c["id"] for c in gt["categories"]] == [0, 1]
+    ev = CocoEvaluator(gt)
+    assert ev.mapping_note == "" and ev.image_id("other/dir/img_7.jpg") == 1
+    assert ev.gt_counts() == {"small": 1, "medium": 1, "large": 0}  # 6554 px^2 < 96^2
+
+
+def test_parse_area_ranges():
+    assert parse_area_ranges(["tiny=0,16", "huge=256,inf"]) == {"tiny": (0.0, 256.0), "huge": (65536.0, 1e10)}
+    assert parse_area_ranges([]) == {}
+    for bad in ("tiny", "tiny=16,0", "small=0,8", "x=a,b", "1x=0,2"):
+        with pytest.raises(ValueError):
+            parse_area_ranges([bad])
+
+
+def test_results_file_round_trip_and_errors(tmp_path, tiny_coco_gt):
+    dets = synthetic_detections(tiny_coco_gt, seed=3)
+    ev = CocoEvaluator(tiny_coco_gt)
+    ev.add_results(dets)
+    path = ev.save_json(tmp_path / "pred.json")
+    stats, ev2 = evaluate_files(TINY_COCO_VAL, path)
+    assert ev2.num_detections == len(dets)
+    assert stats["AP"] == pytest.approx(ev.summarize()["AP"], abs=1e-3)  # 3-decimal rounding only
+    table = format_coco_table(stats, ev2.gt_counts())
+    assert "APs" in table and "AR100" in table and "objects per size bin" in table
+
+    bad = tmp_path / "bad.json"
+    for content, match in (("{not json", "not valid JSON"), ('{"a": 1}', "JSON list"),
+                           ('[{"image_id": 1}]', "entry 0 needs"),
+                           ('[{"image_id": 5, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]', "not in the ground truth")):
+        bad.write_text(content)
+        with pytest.raises(CocoFormatError, match=match):
+            load_coco_results(bad, tiny_coco_gt)
+    with pytest.raises(CocoFormatError, match="not found"):
+        load_coco_gt(tmp_path / "missing.json")
+    bad.write_text(json.dumps({"images": []}))
+    with pytest.raises(CocoFormatError, match="needs lists"):
+        load_coco_gt(bad)

@@ -1,0 +1,319 @@
+"""COCO-style box evaluation (AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l) with faster-coco-eval.
+
+Boxes are evaluated in original image pixels and object areas are box ``w * h`` in original
+pixels, so the size bins mean what they mean in the COCO paper: small < 32^2 <= medium < 96^2
+<= large. Extra named bins (e.g. ``tiny``: areas below 16^2) are reported as ``AP_<name>`` and
+``AR_<name>``. Ground truth is either a COCO JSON or built from YOLO labels with the true image
+sizes (:func:`yolo_labels_to_coco`).
+
+faster-coco-eval reproduces pycocotools' numbers (tested to 1e-3) with a C++ core that is many
+times faster, so this evaluation can run every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MAX_AREA = 1e5**2  # pycocotools' upper bound for "all" and "large"
+COCO_RANGES: dict[str, tuple[float, float]] = {
+    "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, MAX_AREA)}
+COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# faster-coco-eval's stats_as_dict labels for the default maxDets [1, 10, 100]
+_LIB_KEYS = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small",
+             "APm": "AP_medium", "APl": "AP_large", "AR1": "AR_all", "AR10": "AR_second",
+             "AR100": "AR_third", "ARs": "AR_small", "ARm": "AR_medium", "ARl": "AR_large"}
+DEFAULT_AREA_RANGES = ("tiny=0,16",)  # val.py default: tiny objects, side below 16 px
+
+
+class CocoFormatError(ValueError):
+    """A ground-truth or results file that is not usable COCO; the message names the file."""
+
+
+def parse_area_ranges(specs: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """Parse ``name=lo,hi`` items (box side lengths in pixels; ``hi`` may be ``inf``) into areas.
+
+    ``['tiny=0,16']`` -> ``{'tiny': (0.0, 256.0)}``. Names must be identifiers and must not
+    shadow ``all``, ``small``, ``medium`` or ``large``. Raises ValueError on a bad item.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for spec in specs:
+        m = re.fullmatch(r"([A-Za-z_]\w*)=([^,]+),([^,]+)", spec.strip())
+        if not m:
+            raise ValueError(f"bad --area-ranges item '{spec}': expected NAME=MIN,MAX (side in pixels), e.g. tiny=0,16")
+        name = m.group(1)
+        try:
+            lo, hi = float(m.group(2)), float(m.group(3))
+        except ValueError:
+            raise ValueError(f"bad --area-ranges item '{spec}': MIN and MAX must be numbers") from None
+        if name in ("all", *COCO_RANGES) or name in out:
+            raise ValueError(f"bad --area-ranges item '{spec}': name '{name}' is reserved or repeated")
+        if not 0 <= lo < hi:
+            raise ValueError(f"bad --area-ranges item '{spec}': need 0 <= MIN < MAX")
+        out[name] = (lo * lo, min(hi * hi, MAX_AREA))
+    return out
+
+
+def yolo_labels_to_coco(labels: Sequence[np.ndarray], shapes_wh: np.ndarray, names: Sequence[str],
+                        file_names: Sequence[str] | None = None) -> dict:
+    """COCO ground-truth dict from YOLO labels, in original image pixels.
+
+    Args:
+        labels: per image an (n, 5) array ``[cls, cx, cy, w, h]`` normalized to [0, 1].
+        shapes_wh: (N, 2) original image ``(width, height)``.
+        names: class names; category id = class index.
+        file_names: per image file name (defaults to ``'<index>'``).
+
+    Image ids are 1-based positions in ``labels``; annotation ``area`` is box w*h in original
+    pixels (the size used for the small/medium/large bins); ``iscrowd`` is 0.
+    """
+    shapes_wh = np.asarray(shapes_wh, dtype=np.float64).reshape(-1, 2)
+    if len(labels) != len(shapes_wh):
+        raise ValueError(f"{len(labels)} label arrays but {len(shapes_wh)} image shapes")
+    images, anns = [], []
+    for i, (lab, (w, h)) in enumerate(zip(labels, shapes_wh)):
+        name = Path(file_names[i]).name if file_names is not None else str(i)
+        images.append({"id": i + 1, "width": int(w), "height": int(h), "file_name": name})
+        lab = np.asarray(lab, dtype=np.float64).reshape(-1, 5)
+        bw, bh = lab[:, 3] * w, lab[:, 4] * h
+        x1, y1 = lab[:, 1] * w - bw / 2, lab[:, 2] * h - bh / 2
+        for c, x, y, ww, hh in zip(lab[:, 0].astype(int).tolist(), x1.tolist(), y1.tolist(),
+                                   bw.tolist(), bh.tolist()):
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c,
+                         "bbox": [x, y, ww, hh], "area": ww * hh, "iscrowd": 0})
+    cats = [{"id": i, "name": str(n)} for i, n in enumerate(names)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _read_json(path: str | Path, what: str):
+    path = Path(path)
+    if not path.is_file():
+        raise CocoFormatError(f"{what} file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoFormatError(f"{what} file {path} is not valid JSON: {e}") from None
+
+
+def load_coco_gt(path: str | Path) -> dict:
+    """Read and check a COCO ground-truth JSON (``images``, ``annotations``, ``categories``).
+
+    Annotations without ``area`` get box w*h, without ``iscrowd`` get 0. Raises CocoFormatError.
+    """
+    gt = _read_json(path, "COCO ground-truth")
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")):
+        raise CocoFormatError(f"COCO ground-truth {path} needs lists 'images', 'annotations' and 'categories'")
+    try:
+        img_ids = {int(im["id"]) for im in gt["images"]}
+        for im in gt["images"]:
+            int(im["width"]), int(im["height"])
+        cat_ids = {int(c["id"]) for c in gt["categories"]}
+        for a in gt["annotations"]:
+            x, y, w, h = (float(v) for v in a["bbox"])
+            a.setdefault("area", w * h)
+            a.setdefault("iscrowd", 0)
+            if int(a["image_id"]) not in img_ids or int(a["category_id"]) not in cat_ids:
+                raise CocoFormatError(f"COCO ground-truth {path}: annotation {a.get('id')} refers to an unknown image or category")
+            a["id"] = int(a["id"])
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CocoFormatError):
+            raise
+        raise CocoFormatError(f"COCO ground-truth {path} has a malformed entry ({type(e).__name__}: {e})") from None
+    return gt
+
+
+def load_coco_results(path: str | Path, gt: dict) -> list[dict]:
+    """Read and check a COCO results JSON: a list of ``{image_id, category_id, bbox [x, y, w, h], score}``.
+
+    Every image and category id must exist in ``gt``. Raises CocoFormatError naming the problem.
+    """
+    res = _read_json(path, "predictions")
+    if not isinstance(res, list):
+        raise CocoFormatError(f"predictions {path} must be a JSON list of detections (COCO results format)")
+    img_ids = {int(im["id"]) for im in gt["images"]}
+    cat_ids = {int(c["id"]) for c in gt["categories"]}
+    out = []
+    for i, d in enumerate(res):
+        try:
+            box = [float(v) for v in d["bbox"]]
+            item = {"image_id": int(d["image_id"]), "category_id": int(d["category_id"]),
+                    "bbox": box, "score": float(d["score"])}
+        except (KeyError, TypeError, ValueError):
+            raise CocoFormatError(f"predictions {path}: entry {i} needs image_id, category_id, bbox [x, y, w, h] and score") from None
+        if len(box) != 4:
+            raise CocoFormatError(f"predictions {path}: entry {i} bbox must have 4 numbers")
+        if item["image_id"] not in img_ids:
+            raise CocoFormatError(f"predictions {path}: entry {i} has image_id {item['image_id']} not in the ground truth")
+        if item["category_id"] not in cat_ids:
+            raise CocoFormatError(f"predictions {path}: entry {i} has category_id {item['category_id']} not in the ground truth")
+        out.append(item)
+    return out
+
+
+def _silent(*args, **kwargs) -> None:
+    """print_function for faster-coco-eval: its progress messages would clutter every epoch."""
+
+
+class CocoEvaluator:
+    """Collects detections and computes COCO box metrics against one ground truth.
+
+    Class index <-> category id: identity when the GT category ids are ``0..nc-1`` (GT built
+    from YOLO labels); otherwise (real COCO: 1..90 with gaps) class index ``i`` is the ``i``-th
+    category id in sorted order, and :attr:`mapping_note` says so.
+
+    Args:
+        gt: COCO ground-truth dict (see :func:`load_coco_gt`, :func:`yolo_labels_to_coco`).
+        area_ranges: extra named bins ``{name: (min_area, max_area)}`` in original pixels^2.
+        nc: number of classes of the model; must equal the number of GT categories when given.
+    """
+
+    def __init__(self, gt: dict, area_ranges: dict[str, tuple[float, float]] | None = None,
+                 nc: int | None = None):
+        self.gt = gt
+        self.area_ranges = dict(area_ranges or {})
+        self.cat_ids = sorted(int(c["id"]) for c in gt["categories"])
+        if nc is not None and nc != len(self.cat_ids):
+            raise ValueError(f"the model has {nc} classes but the COCO ground truth has {len(self.cat_ids)} categories")
+        identity = self.cat_ids == list(range(len(self.cat_ids)))
+        self.mapping_note = "" if identity else (
+            f"COCO category ids are not 0..{len(self.cat_ids) - 1}: class index i is the i-th "
+            f"category id in sorted order ({self.cat_ids[0]}..{self.cat_ids[-1]})")
+        self._cat_lut = np.asarray(self.cat_ids, dtype=np.float64)
+        self._file_ids = {Path(str(im.get("file_name", ""))).name: int(im["id"]) for im in gt["images"]}
+        self._chunks: list[np.ndarray] = []  # (n, 7) rows [image_id, x, y, w, h, score, category_id]
+        self.seen_ids: set[int] = set()
+
+    def image_id(self, file: str | Path) -> int:
+        """GT image id of an image file, matched by file name. Raises ValueError if absent."""
+        name = Path(file).name
+        if name not in self._file_ids:
+            raise ValueError(f"image {name} is not in the COCO ground truth")
+        return self._file_ids[name]
+
+    def add(self, image_id: int, boxes_xyxy: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray,
+            classes: torch.Tensor | np.ndarray) -> None:
+        """Add the detections of one image (may be empty; the image then counts as seen).
+
+        Args:
+            image_id: GT image id.
+            boxes_xyxy: (n, 4) ``x1, y1, x2, y2`` in original image pixels.
+            scores: (n,) confidence.
+            classes: (n,) class index (mapped to the category id here).
+        """
+        self.seen_ids.add(int(image_id))
+        as_np = lambda x: x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)  # noqa: E731
+        b, s, c = as_np(boxes_xyxy).reshape(-1, 4), as_np(scores).reshape(-1), as_np(classes).reshape(-1)
+        if not len(b):
+            return
+        ci = c.astype(np.int64)
+        if ci.min() < 0 or ci.max() >= len(self._cat_lut):
+            raise ValueError(f"class index {int(ci.max())} out of range for {len(self._cat_lut)} categories")
+        rows = np.empty((len(b), 7))
+        rows[:, 0] = image_id
+        rows[:, 1:3] = b[:, :2]
+        rows[:, 3:5] = b[:, 2:] - b[:, :2]
+        rows[:, 5] = s
+        rows[:, 6] = self._cat_lut[ci]
+        self._chunks.append(rows)
+
+    def add_results(self, results: list[dict]) -> None:
+        """Add detections already in COCO results format (category ids, ``bbox`` xywh)."""
+        if not results:
+            return
+        rows = np.array([[r["image_id"], *r["bbox"], r["score"], r["category_id"]] for r in results], np.float64)
+        self._chunks.append(rows)
+
+    @property
+    def num_detections(self) -> int:
+        """Number of detections added so far."""
+        return sum(len(c) for c in self._chunks)
+
+    def results(self, decimals: int | None = None) -> list[dict]:
+        """All detections as COCO results dicts ``{image_id, category_id, bbox [x, y, w, h], score}``."""
+        if not self._chunks:
+            return []
+        rows = np.concatenate(self._chunks, 0)
+        boxes = rows[:, 1:5] if decimals is None else rows[:, 1:5].round(decimals)
+        scores = rows[:, 5] if decimals is None else rows[:, 5].round(decimals + 2)
+        return [{"image_id": int(i), "category_id": int(c), "bbox": b, "score": s}
+                for i, c, b, s in zip(rows[:, 0].tolist(), rows[:, 6].tolist(), boxes.tolist(), scores.tolist())]
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write the detections as a COCO results JSON (boxes to 3 decimals, scores to 5)."""
+        path = Path(path)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.results(decimals=3), f)
+        return path
+
+    def gt_counts(self, img_ids: Iterable[int] | None = None) -> dict[str, int]:
+        """Number of non-crowd GT boxes in each size bin (COCO bins, then the extra ones)."""
+        keep = None if img_ids is None else set(img_ids)
+        areas = np.array([float(a["area"]) for a in self.gt["annotations"]
+                          if not a.get("iscrowd", 0) and (keep is None or int(a["image_id"]) in keep)])
+        ranges = {**COCO_RANGES, **self.area_ranges}
+        return {k: int(((areas >= lo) & (areas < hi)).sum()) if areas.size else 0 for k, (lo, hi) in ranges.items()}
+
+    def summarize(self, img_ids: Iterable[int] | None = None) -> dict[str, float]:
+        """Run the COCO evaluation; returns :data:`COCO_KEYS` plus ``AP_<name>``/``AR_<name>`` per extra bin.
+
+        Args:
+            img_ids: evaluate only these GT images (e.g. the images of the val split);
+                None = every GT image. GT images without detections count as missed.
+
+        A figure COCO leaves undefined (-1: no GT in that bin) is reported as 0.0.
+        """
+        from faster_coco_eval import COCO, COCOeval_faster  # heavy C++ extension: load on first use
+
+        keys = [*COCO_KEYS, *(f"{p}_{n}" for n in self.area_ranges for p in ("AP", "AR"))]
+        ids = None if img_ids is None else sorted(set(int(i) for i in img_ids))
+        if ids == [] or not self.gt["images"]:
+            return dict.fromkeys(keys, 0.0)
+        # the library annotates GT dicts in place; give it copies so self.gt stays clean
+        gt = {**self.gt, "annotations": [dict(a) for a in self.gt["annotations"]]}
+        ranges = {k: list(v) for k, v in {**COCO_RANGES, **self.area_ranges}.items()}
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO(gt, print_function=_silent)
+            coco_dt = coco_gt.loadRes(self.results())
+            ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", ranges=ranges, print_function=_silent)
+            if ids is not None:
+                ev.params.imgIds = ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        lib = ev.stats_as_dict
+        out = {k: lib[_LIB_KEYS[k]] for k in COCO_KEYS}
+        for n in self.area_ranges:
+            out[f"AP_{n}"], out[f"AR_{n}"] = lib[f"AP_{n}"], lib[f"AR_{n}"]
+        return {k: max(float(v), 0.0) for k, v in out.items()}
+
+
+def format_coco_table(stats: dict[str, float], gt_counts: dict[str, int] | None = None) -> str:
+    """The COCO figures as a two-block text table (AP row, AR row), extra bins beside the COCO ones."""
+    extras = [k[3:] for k in stats if k.startswith("AP_")]
+    ap_keys = ["AP", "AP50", "AP75", "APs", "APm", "APl", *(f"AP_{n}" for n in extras)]
+    ar_keys = ["AR1", "AR10", "AR100", "ARs", "ARm", "ARl", *(f"AR_{n}" for n in extras)]
+    width = max(9, *(len(k) + 2 for k in ap_keys + ar_keys))
+    lines = []
+    for label, ks in (("COCO", ap_keys), ("", ar_keys)):
+        lines.append(f"{label:>8}" + "".join(f"{k:>{width}}" for k in ks))
+        lines.append(" " * 8 + "".join(f"{stats.get(k, 0.0):>{width}.3f}" for k in ks))
+    if gt_counts:
+        lines.append(" " * 8 + "objects per size bin: " + ", ".join(f"{k} {v}" for k, v in gt_counts.items()))
+    return "\n".join(lines)
+
+
+def evaluate_files(gt_json: str | Path, pred_json: str | Path,
+                   area_ranges: dict[str, tuple[float, float]] | None = None) -> tuple[dict[str, float], CocoEvaluator]:
+    """Evaluate an existing COCO results file against a COCO GT file (every GT image counts)."""
+    gt = load_coco_gt(gt_json)
+    evaluator = CocoEvaluator(gt, area_ranges)
+    evaluator.add_results(load_coco_results(pred_json, gt))
+    return evaluator.summarize(), evaluator
