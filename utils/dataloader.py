@@ -1,0 +1,66 @@
+"""build_dataloader: a YoloDataset wrapped in a seeded DataLoader.
+
+Batches are ``(imgs, targets, paths, shapes)``: imgs uint8 (B, 3, H, W) RGB, targets float32
+(N, 6) [image index in batch, cls, cx, cy, w, h] normalized, paths tuple[str], shapes a tuple
+per image of ``((h0, w0), ((ratio_h, ratio_w), (padw, padh)))`` (None for mosaic samples).
+
+Reproducibility: the DataLoader's generator is seeded with ``seed``; every worker reseeds the
+dataset's augmentation RNGs from its own torch seed (which derives from that generator), so a run
+with the same seed and worker count sees the same augmentations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from utils.dataset import YoloDataset
+
+LOGGER = logging.getLogger(__name__)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: give this worker's dataset copy its own augmentation streams."""
+    info = get_worker_info()
+    if info is not None:
+        info.dataset.reseed(torch.initial_seed() % 2**32)
+
+
+def build_dataloader(img_files: list[str], imgsz: int, batch_size: int, stride: int,
+                     hyp: dict[str, Any] | None, augment: bool, rect: bool = False, workers: int = 0,
+                     shuffle: bool = False, cache: str | None = None, seed: int = 0,
+                     prefix: str = "") -> tuple[DataLoader, YoloDataset]:
+    """Build the dataset and its DataLoader.
+
+    ``rect`` batches keep each batch's images at one shape, so they are never shuffled (a warning
+    says so when shuffle was asked). ``workers`` is capped by the CPU count; ``pin_memory`` is used
+    only when CUDA is available. Returns (loader, dataset).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = YoloDataset(img_files, imgsz=imgsz, augment=augment, hyp=hyp, rect=rect, batch_size=batch_size,
+                          stride=stride, cache=cache, pad=0.0, prefix=prefix)
+    dataset.reseed(seed)
+    if rect and shuffle:
+        LOGGER.warning("%sWARNING: rect batches cannot be shuffled, using shuffle=False", prefix)
+        shuffle = False
+    batch_size = min(batch_size, len(dataset))
+    workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=YoloDataset.collate_fn,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+    return loader, dataset
