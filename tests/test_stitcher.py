@@ -80,6 +80,8 @@ def test_small_boxes_dropped_and_batch_shape_kept():
     # images 1, 3, 5, 7 -> outputs 0, 0, 1, 1, tiles top-right (1) and bottom-right (3)
     assert t[:, 0].tolist() == [0, 0, 1, 1]
     assert torch.allclose(t[:, 2:4] * torch.tensor([W, H]), torch.tensor([[36.0, 8.0], [36.0, 24.0]] * 2))
+    empty = stitch([(imgs, torch.zeros(0, 6))] * 4)[1]
+    assert empty.shape == (0, 6)
 
 
 def test_different_sizes_are_letterboxed_to_the_largest():
