@@ -1,0 +1,90 @@
+"""Train a YOLOv5-style small-object detector.
+
+    python train.py                                     # yolov5n-p2 on the bundled HIT-UAV sample
+    python train.py --cfg models/yolov5s-p2.yaml --data data/hit-uav.yaml --img 640 --epochs 100
+    python train.py --resume                            # continue the newest interrupted run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.optim import OPTIMIZERS
+from utils.run_dir import increment_path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="", help="initial weights (a checkpoint of this project); '' = from scratch")
+    p.add_argument("--cfg", default="models/yolov5n-p2.yaml", help="model YAML, e.g. models/yolov5s-p2.yaml")
+    p.add_argument("--data", default="data/hit-uav-sample.yaml", help="dataset YAML")
+    p.add_argument("--hyp", default="data/hyps/hyp.scratch.yaml", help="hyperparameter YAML")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=320, help="train/val image size (px)")
+    p.add_argument("--device", default="", help="'' (auto), cpu, or a CUDA index such as 0")
+    p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    p.add_argument("--project", default="runs/train", help="runs are saved to project/name")
+    p.add_argument("--name", default="exp", help="run name (exp, exp2, ... when it exists)")
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume from last.pt (newest run if no path)")
+    p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM")
+    p.add_argument("--optimizer", default="SGD", choices=OPTIMIZERS)
+    p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
+    p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without improvement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--multi-scale", action="store_true", help="vary image size +/- 50%% per batch")
+    p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze first N rows (one int) or listed rows")
+    p.add_argument("--noautoanchor", action="store_true", help="skip the AutoAnchor check")
+    p.add_argument("--noval", action="store_true", help="validate only after the final epoch")
+    p.add_argument("--nosave", action="store_true", help="save only the final checkpoint")
+    p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it")
+    return p.parse_args(argv)
+
+
+def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, Path]:
+    """Replace args by those of the run being resumed. Returns (args, checkpoint, last.pt path)."""
+    from utils.train_setup import find_resume_checkpoint
+
+    path = find_resume_checkpoint(args.resume, ROOT / args.project if not Path(args.project).is_absolute() else Path(args.project))
+    ckpt = load_checkpoint(path)
+    if ckpt.get("train_model") is None or ckpt.get("epoch", -1) < 0:
+        raise CheckpointError(f"{path} is from a finished run; nothing to resume (start a new run with --weights)")
+    resumed = argparse.Namespace(**ckpt["train_args"])
+    resumed.resume = str(path)
+    print(f"Resuming {path.parent.parent} from epoch {ckpt['epoch'] + 1}/{resumed.epochs}")
+    return resumed, ckpt, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from utils.trainer import Trainer
+
+        ckpt = None
+        if args.resume:
+            args, ckpt, last = _resume_args(args)
+            save_dir = last.parent.parent
+        else:
+            save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
+        trainer = Trainer(args, save_dir, resume_ckpt=ckpt)
+        metrics = trainer.fit()
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ntrain.py: interrupted; continue with `python train.py --resume`", file=sys.stderr)
+        return 130
+    summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("P", "R", "mAP50", "mAP50-95", "AP", "APs", "APm", "APl") if k in metrics)
+    print(f"\nFinal (best.pt): {summary}\nResults saved to {save_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
