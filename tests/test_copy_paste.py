@@ -102,3 +102,13 @@ def test_disabled_or_nothing_small_returns_inputs_unchanged():
     assert out is img and len(nb) == 3
     copy_paste_small(img, boxes, cls, p=1.0, max_area=500, times=3, rng=np.random.default_rng(0))
     assert np.array_equal(img, before)  # the caller's (possibly cached) image is never modified
+
+
+def test_copies_of_objects_just_under_the_limit_stay_under_it():
+    img = np.zeros((160, 160, 3), np.uint8)
+    boxes = np.array([[10, 10, 41, 41]], np.float32)  # 31x31 = 961 px < 1024
+    for seed in range(10):
+        _, nb, _, _ = copy_paste_small(img, boxes, np.array([0]), p=1.0, max_area=1024, times=3, scale=0.2,
+                                       rng=np.random.default_rng(seed))
+        area = (nb[1:, 2] - nb[1:, 0]) * (nb[1:, 3] - nb[1:, 1])
+        assert len(area) and (area < 1024).all()

@@ -211,6 +211,13 @@ def test_ram_cache_gives_identical_items(sample_cfg: dict):
     assert all(im is not None and im.dtype == np.uint8 for im in a.ims)
     for k in range(3):
         assert torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1])
+    # training transforms work on copies: the cached pixels must survive HSV, flips and copy-paste
+    hyp = {**load_hyp(), "mosaic": 0.0, "translate": 0.0, "scale": 0.0, "copy_paste": 1.0, "fliplr": 1.0}
+    t = YoloDataset(sample_cfg["val"][:3], imgsz=64, augment=True, hyp=hyp, cache="ram")
+    before = [im.copy() for im in t.ims]
+    for k in range(3):
+        t[k]
+    assert all(np.array_equal(x, y) for x, y in zip(before, t.ims))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -223,3 +230,13 @@ def test_seeded_loader_is_reproducible(sample_cfg: dict, workers: int):
     a, b, c = first_batch(7), first_batch(7), first_batch(8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
     assert not torch.equal(a[0], c[0])
+
+
+def test_hituav_converter_reproduces_shared_labels(tmp_path: Path):
+    from data.scripts import hituav_json_to_yolo as conv  # data/scripts is a namespace package
+
+    src = ROOT.parent / "shared" / "datasets" / "hit-uav"
+    n_files, n_boxes = conv.convert(src / "annotations" / "val.json", src / "images" / "val", tmp_path)
+    assert (n_files, n_boxes) == (290, 2453)  # DontCare (id 4) boxes dropped
+    for name in sorted(p.name for p in (src / "labels" / "val").iterdir())[:40]:
+        assert (tmp_path / name).read_text() == (src / "labels" / "val" / name).read_text()

@@ -38,7 +38,8 @@ def _find_spot(size_wh: tuple[int, int], img_wh: tuple[int, int], occupied: np.n
     return None
 
 
-def _source_patch(img: np.ndarray, box: np.ndarray, polygon: np.ndarray | None):
+def _source_patch(img: np.ndarray, box: np.ndarray,
+                  polygon: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
     """Integer pixel rect around ``box`` -> (patch (h, w, 3), mask (h, w) uint8 or None, origin (x, y))."""
     H, W = img.shape[:2]
     x1, y1 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
@@ -78,10 +79,42 @@ def _map_points(pts: np.ndarray, origin: tuple[int, int], src_wh: tuple[int, int
     return (out + rect[:2]).astype(np.float32)
 
 
+def _paste_copies(out: np.ndarray, src: np.ndarray, box: np.ndarray, poly: np.ndarray | None, n_copies: int,
+                  occupied: np.ndarray, rng: np.random.Generator, max_area: float, flip: bool, scale: float,
+                  border: int, tries: int) -> tuple[list[list[float]], list[np.ndarray], np.ndarray]:
+    """Paste up to ``n_copies`` of one object of ``src`` into ``out``.
+
+    Returns (new xyxy boxes, new polygons (when ``poly`` is given), occupied rects incl. the new ones).
+    """
+    patch, mask, origin = _source_patch(src, box, poly)
+    if not patch.size:
+        return [], [], occupied
+    src_wh = (patch.shape[1], patch.shape[0])
+    area = float((box[2] - box[0]) * (box[3] - box[1]))
+    boxes, segs = [], []
+    for _ in range(n_copies):
+        f = rng.uniform(1 - scale, 1 + scale) if scale > 0 else 1.0
+        f = min(f, 0.999 * math.sqrt(max_area / area))  # a copy must stay a small object
+        # floor: rounding up could push a copy just over max_area
+        size = (max(1, math.floor(src_wh[0] * f + 1e-6)), max(1, math.floor(src_wh[1] * f + 1e-6)))
+        mirrored = flip and rng.random() < 0.5
+        rect = _find_spot(size, (out.shape[1], out.shape[0]), occupied, border, rng, tries)
+        if rect is None:
+            continue
+        _paste_one(out, patch, mask, rect, mirrored)
+        b = _map_points(box.reshape(2, 2), origin, src_wh, rect, mirrored)
+        boxes.append([b[:, 0].min(), b[:, 1].min(), b[:, 0].max(), b[:, 1].max()])
+        if poly is not None:
+            segs.append(_map_points(poly, origin, src_wh, rect, mirrored))
+        occupied = np.concatenate([occupied, rect[None]], 0)
+    return boxes, segs, occupied
+
+
 def copy_paste_small(img: np.ndarray, boxes_xyxy: np.ndarray, cls: np.ndarray,
                      segments: list[np.ndarray] | None = None, *, p: float = 1.0, max_area: float = 1024.0,
                      times: int = 1, rng: np.random.Generator | None = None, flip: bool = True,
-                     scale: float = 0.2, border: int = 5, tries: int = 20):
+                     scale: float = 0.2, border: int = 5,
+                     tries: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray] | None]:
     """Paste extra copies of the small objects of one image into free places of the same image.
 
     img: uint8 (H, W, 3); boxes_xyxy: (n, 4) pixels; cls: (n,); segments: None or n (k, 2) pixel
@@ -104,29 +137,14 @@ def copy_paste_small(img: np.ndarray, boxes_xyxy: np.ndarray, cls: np.ndarray,
         return img, boxes, cls, segments
     out = img.copy()  # source pixels are read from ``img``, so copies never copy earlier copies
     occupied, new_boxes, new_cls, new_segs = boxes.copy(), [], [], []
-    H, W = img.shape[:2]
     for i in small:
         poly = segments[i] if segments is not None else None
-        patch, mask, origin = _source_patch(img, boxes[i], poly)
-        if not patch.size:
-            continue
-        src_wh = (patch.shape[1], patch.shape[0])
-        for _ in range(int(rng.integers(1, max(1, times) + 1))):
-            f = rng.uniform(1 - scale, 1 + scale) if scale > 0 else 1.0
-            f = min(f, 0.999 * math.sqrt(max_area / areas[i]))  # a copy must stay a small object
-            size = (max(1, round(src_wh[0] * f)), max(1, round(src_wh[1] * f)))
-            mirrored = flip and rng.random() < 0.5
-            rect = _find_spot(size, (W, H), occupied, border, rng, tries)
-            if rect is None:
-                continue
-            _paste_one(out, patch, mask, rect, mirrored)
-            corners = boxes[i].reshape(2, 2)
-            b = _map_points(corners, origin, src_wh, rect, mirrored)
-            new_boxes.append([b[:, 0].min(), b[:, 1].min(), b[:, 0].max(), b[:, 1].max()])
-            new_cls.append(cls[i])
-            if poly is not None:
-                new_segs.append(_map_points(poly, origin, src_wh, rect, mirrored))
-            occupied = np.concatenate([occupied, rect[None]], 0)
+        n_copies = int(rng.integers(1, max(1, times) + 1))
+        b, s, occupied = _paste_copies(out, img, boxes[i], poly, n_copies, occupied, rng, max_area, flip, scale,
+                                       border, tries)
+        new_boxes += b
+        new_segs += s
+        new_cls += [cls[i]] * len(b)
     if not new_boxes:
         return img, boxes, cls, segments
     boxes = np.concatenate([boxes, np.array(new_boxes, np.float32)], 0)

@@ -235,7 +235,7 @@ class YoloDataset(Dataset):
         labels = np.zeros((len(sample.boxes), 6), np.float32)
         labels[:, 1] = sample.cls
         labels[:, 2:] = xyxy2xywhn(sample.boxes, img.shape[1], img.shape[0])
-        chw_rgb = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
+        chw_rgb = np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB).transpose(2, 0, 1))
         return torch.from_numpy(chw_rgb), torch.from_numpy(labels), self.img_files[i], shapes
 
     @staticmethod
