@@ -178,3 +178,17 @@ def test_mixup_blends_pixels_and_keeps_all_boxes():
     assert 60 < m.img.mean() < 140 and m.cls.tolist() == [0, 2] and m.boxes.shape == (2, 4)
     with pytest.raises(ValueError, match="equal image shapes"):
         mixup(a, Sample(np.zeros((8, 16, 3), np.uint8), b.boxes, b.cls, []), np.random.default_rng(0))
+
+
+def test_polygons_give_tighter_boxes_under_rotation():
+    diamond = np.array([[30, 20], [40, 30], [30, 40], [20, 30]], np.float32)  # extent = box [20, 20, 40, 40]
+    img = np.zeros((60, 60, 3), np.uint8)
+    boxes, cls = np.array([[20, 20, 40, 40]], np.float32), np.array([0])
+    tighter = 0
+    for seed in range(5):
+        kw = dict(degrees=40, translate=0, scale=0, border=(0, 0))
+        a = random_perspective(Sample(img, boxes, cls, [diamond]), rng=np.random.default_rng(seed), **kw).boxes
+        b = random_perspective(Sample(img, boxes, cls, []), rng=np.random.default_rng(seed), **kw).boxes
+        assert (a[0, :2] >= b[0, :2] - 1e-3).all() and (a[0, 2:] <= b[0, 2:] + 1e-3).all()  # inside
+        tighter += (b[0, 2] - b[0, 0]) - (a[0, 2] - a[0, 0]) > 1
+    assert tighter >= 3

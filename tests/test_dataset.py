@@ -84,14 +84,18 @@ def test_bad_rows_and_corrupt_images_are_skipped_with_warning(tmp_path: Path, ca
 
 
 def test_cache_is_reused_and_rebuilt_when_a_label_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    files = make_split(tmp_path, {"a.png": (32, 32, "0 0.5 0.5 0.5 0.5\n"), "b.png": (32, 32, "")})
+    files = make_split(tmp_path, {"a.png": (32, 32, "0 0.1 0.1 0.6 0.1 0.6 0.5\n3 0.5 0.5 0.2 0.2\n"),
+                                  "b.png": (32, 32, "")})
     caplog.set_level(logging.INFO)
-    load_labels(files)
+    scanned = load_labels(files)
     cache = cache_path(img2label_paths(files))
     assert cache == tmp_path / "labels" / "train.cache" and cache.is_file()
     caplog.clear()
     ls = load_labels(files)
     assert "Cached 2 images" in caplog.text and ls.labels[1].shape == (0, 5)
+    np.testing.assert_array_equal(ls.labels[0], scanned.labels[0])  # polygons survive the round trip
+    assert len(ls.segments[0]) == 2 and all(np.array_equal(x, y) for x, y in zip(ls.segments[0], scanned.segments[0]))
+    assert ls.shapes.tolist() == [[32, 32], [32, 32]]
     lbl = tmp_path / "labels" / "train" / "b.txt"
     lbl.write_text("1 0.25 0.25 0.5 0.5\n")
     os.utime(lbl, ns=(lbl.stat().st_mtime_ns + 10**9,) * 2)  # a distinct mtime even on coarse clocks

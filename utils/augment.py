@@ -91,7 +91,8 @@ def _transform_points(pts: np.ndarray, M: np.ndarray) -> np.ndarray:
 
 
 def _transform_boxes(boxes: np.ndarray, segments: list[np.ndarray], M: np.ndarray) -> np.ndarray:
-    """Transformed xyxy extents: of the polygons when every box has one (tighter under rotation), else of the corners."""
+    """Warped xyxy extents (n, 4): of the polygons when every box has one (tighter under rotation),
+    else of the 4 box corners."""
     if len(segments) == len(boxes) and len(boxes):
         out = [_transform_points(s, M) for s in segments]
         return np.array([[*p.min(0), *p.max(0)] for p in out], dtype=np.float32)
