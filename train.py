@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume from last.pt (newest run if no path)")
     p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM")
-    p.add_argument("--optimizer", default="SGD", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", default="auto", choices=OPTIMIZERS, help="auto: AdamW for short runs (<10k steps), else SGD")
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
     p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without improvement")
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +58,7 @@ def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, Pa
         raise CheckpointError(f"{path} is from a finished run; nothing to resume (start a new run with --weights)")
     resumed = argparse.Namespace(**ckpt["train_args"])
     resumed.resume = str(path)
-    print(f"Resuming {path.parent.parent} from epoch {ckpt['epoch'] + 1}/{resumed.epochs}")
+    print(f"Resuming {path.parent.parent}: continuing from epoch {ckpt['epoch'] + 2}/{resumed.epochs}")
     return resumed, ckpt, path
 
 

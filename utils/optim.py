@@ -8,7 +8,21 @@ import numpy as np
 import torch
 from torch import nn
 
-OPTIMIZERS = ("SGD", "Adam", "AdamW")
+OPTIMIZERS = ("auto", "SGD", "Adam", "AdamW")
+
+
+def resolve_auto_optimizer(name: str, lr0: float, momentum: float, iterations: int, nc: int):
+    """``auto``: SGD with the hyp values for long schedules, AdamW for short ones.
+
+    SGD at lr0 = 0.01 needs thousands of optimizer steps; a short run (under 10,000 steps, e.g.
+    a small dataset or a quick experiment) learns much faster with AdamW at a small lr, as in
+    ultralytics. Returns (name, lr, momentum).
+    """
+    if name != "auto":
+        return name, lr0, momentum
+    if iterations > 10000:
+        return "SGD", lr0, momentum
+    return "AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from utils.engine import EpochContext, train_one_epoch
 from utils.hyp import load_hyp
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
-from utils.optim import build_optimizer, lr_lambda
+from utils.optim import build_optimizer, lr_lambda, resolve_auto_optimizer
 from utils.plots import plot_labels, plot_train_batch
 from utils.results_log import ResultsLog
 from utils.results_plot import plot_results
@@ -85,7 +86,12 @@ class Trainer:
         a, hyp = self.args, self.hyp
         accumulate = max(round(a.nbs / a.batch_size), 1)
         wd = hyp["weight_decay"] * a.batch_size * accumulate / a.nbs
-        self.optimizer = build_optimizer(self.model, a.optimizer, hyp["lr0"], hyp["momentum"], wd)
+        steps = math.ceil(len(self.train_ds) / max(a.batch_size, a.nbs)) * a.epochs
+        name, lr0, momentum = resolve_auto_optimizer(a.optimizer, hyp["lr0"], hyp["momentum"], steps, self.data["nc"])
+        if a.optimizer == "auto":
+            print(f"optimizer: 'auto' chose {name}(lr={lr0:g}, momentum={momentum:g}) for {steps} optimizer steps")
+        self.hyp = hyp = {**hyp, "lr0": lr0, "momentum": momentum}
+        self.optimizer = build_optimizer(self.model, name, lr0, momentum, wd)
         self.lf = lr_lambda(a.epochs, hyp["lrf"], a.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.ema = ModelEMA(self.model)

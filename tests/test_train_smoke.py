@@ -1,0 +1,102 @@
+"""End-to-end smoke runs of the command-line tools at a tiny image size on the bundled sample."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "hit-uav-sample"
+TINY = ["--imgsz", "64", "--batch-size", "8", "--workers", "0", "--noautoanchor"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A dataset YAML over 16 train and 8 val images of the bundled sample (txt image lists)."""
+    d = tmp_path_factory.mktemp("tiny_data")
+    train = sorted((SAMPLE / "images" / "train").glob("*.jpg"))[:16]
+    val = sorted((SAMPLE / "images" / "val").glob("*.jpg"))[:8]
+    (d / "train.txt").write_text("\n".join(map(str, train)) + "\n")
+    (d / "val.txt").write_text("\n".join(map(str, val)) + "\n")
+    yaml_file = d / "tiny.yaml"
+    yaml_file.write_text(f"path: {d}\ntrain: train.txt\nval: val.txt\n"
+                         "names: [Person, Car, Bicycle, OtherVehicle]\n")
+    return yaml_file
+
+
+def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _rows(csv_path: Path) -> list[dict]:
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_val_detect_from_the_command_line(tiny_data, tmp_path):
+    r = _run("train.py", "--data", str(tiny_data), "--epochs", "1", *TINY,
+             "--project", str(tmp_path), "--name", "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    assert "Results saved to" in r.stdout and str(run) in r.stdout
+    for name in ("weights/last.pt", "weights/best.pt", "hyp.yaml", "opt.yaml", "results.csv",
+                 "results.png", "labels.jpg", "train_batch0.jpg"):
+        assert (run / name).is_file(), name
+    rows = _rows(run / "results.csv")
+    assert len(rows) == 1 and {"metrics/mAP50", "metrics/APs", "fdl/ratio", "stitch/fraction"} <= set(rows[0])
+    ckpt = load_checkpoint(run / "weights" / "best.pt")
+    assert ckpt["names"] == ["Person", "Car", "Bicycle", "OtherVehicle"] and ckpt["optimizer"] is None
+
+    r = _run("val.py", "--weights", str(run / "weights" / "best.pt"), "--data", str(tiny_data),
+             "--imgsz", "64", "--workers", "0", "--project", str(tmp_path), "--name", "val")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "APs" in r.stdout and "mAP50" in r.stdout
+
+    source = sorted((SAMPLE / "images" / "val").glob("*.jpg"))[0]
+    r = _run("detect.py", "--weights", str(run / "weights" / "best.pt"), "--source", str(source),
+             "--imgsz", "64", "--conf-thres", "0.001", "--project", str(tmp_path), "--name", "det")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "det" / source.name).is_file()
+
+
+def test_resume_after_interruption_finishes_the_requested_epochs(tiny_data, tmp_path):
+    cmd = [sys.executable, "train.py", "--data", str(tiny_data), "--epochs", "4", *TINY,
+           "--project", str(tmp_path), "--name", "run"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = tmp_path / "run" / "results.csv"
+    last = tmp_path / "run" / "weights" / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists():  # written atomically after an epoch: a complete checkpoint
+            proc.send_signal(signal.SIGKILL)  # a hard crash: no chance to clean up
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be interrupted"
+    interrupted_at = load_checkpoint(last)["epoch"]
+    assert 0 <= interrupted_at < 3
+
+    r = _run("train.py", "--resume", str(last))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"continuing from epoch {interrupted_at + 2}/4" in r.stdout
+    assert [int(row["epoch"]) for row in _rows(results)] == [0, 1, 2, 3]
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == -1 and ckpt["optimizer"] is None  # finished and stripped
+    r = _run("train.py", "--resume", str(last))
+    assert r.returncode == 1 and "finished" in r.stderr  # nothing left to resume: one clear line
+
+
+def test_bad_input_gives_one_line_and_exit_1(tmp_path):
+    r = _run("train.py", "--data", str(tmp_path / "nope.yaml"), "--epochs", "1", "--project", str(tmp_path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "nope.yaml" in r.stderr
+    r = _run("train.py", "--cfg", "models/yolov9z.yaml", "--epochs", "1", "--project", str(tmp_path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "yolov9z" in r.stderr
