@@ -1,0 +1,95 @@
+"""Train model/hyp variants for the same budget on the same data and print one comparison table.
+
+    python benchmarks/ablate.py --data data/hit-uav.yaml --epochs 15 --imgsz 320
+    python benchmarks/ablate.py --variants models/yolov5n.yaml:hyp.scratch.yaml \
+        models/yolov5n-p2.yaml:hyp.sod.yaml --data my-data.yaml
+
+Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path). Every run uses the same
+seed, epochs, image size, batch size and data; the table has AP, AP50, APs, APm, APl of best.pt
+on the val split, parameters, GFLOPs at --imgsz and the training time. It is written to
+PROJECT/ablation.md and ablation.csv as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from models.summary import count_gflops  # noqa: E402
+from models.yolo import build_model  # noqa: E402
+import train  # noqa: E402
+from utils.trainer import Trainer  # noqa: E402
+
+DEFAULT_VARIANTS = ["models/yolov5n.yaml:hyp.scratch.yaml", "models/yolov5n-p2.yaml:hyp.scratch.yaml",
+                    "models/yolov5n-p2.yaml:hyp.sod.yaml"]
+COLUMNS = ("AP", "AP50", "APs", "APm", "APl", "mAP50")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="CFG:HYP")
+    p.add_argument("--data", default="data/hit-uav.yaml")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--nbs", type=int, default=16, help="nominal batch size (see train.py --nbs)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--project", default="runs/ablate")
+    return p.parse_args()
+
+
+def run_variant(variant: str, a: argparse.Namespace, nc: int) -> dict:
+    cfg, hyp = variant.split(":")
+    name = f"{Path(cfg).stem}_{Path(hyp).stem.replace('hyp.', '')}"
+    argv = ["--cfg", cfg, "--hyp", hyp, "--data", a.data, "--epochs", str(a.epochs), "--imgsz", str(a.imgsz),
+            "--batch-size", str(a.batch_size), "--nbs", str(a.nbs), "--workers", str(a.workers),
+            "--device", a.device, "--seed", str(a.seed), "--project", a.project, "--name", name, "--exist-ok"]
+    args = train.parse_args(argv)
+    t0 = time.time()
+    metrics = Trainer(args, Path(a.project) / name).fit()
+    minutes = (time.time() - t0) / 60
+    model = build_model(cfg, nc=nc)
+    return {"variant": name, **{k: metrics.get(k, 0.0) for k in COLUMNS},
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            "GFLOPs": count_gflops(model, a.imgsz), "train_min": minutes}
+
+
+def write_table(rows: list[dict], project: Path, header: str) -> str:
+    keys = list(rows[0])
+    lines = [header, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    text = "\n".join(lines)
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "ablation.md").write_text(text + "\n")
+    with open(project / "ablation.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return text
+
+
+def main() -> int:
+    a = parse_args()
+    from utils.data_config import load_data_config
+
+    nc = load_data_config(a.data)["nc"]
+    rows = []
+    for v in a.variants:
+        rows.append(run_variant(v, a, nc))
+        header = (f"Ablation on {a.data}: {a.epochs} epochs, imgsz {a.imgsz}, batch {a.batch_size}, "
+                  f"nbs {a.nbs}, seed {a.seed}; metrics of best.pt on the val split")
+        print("\n" + write_table(rows, Path(a.project), header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
