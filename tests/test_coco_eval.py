@@ -181,7 +181,8 @@ def test_results_file_round_trip_and_errors(tmp_path, tiny_coco_gt):
     bad = tmp_path / "bad.json"
     for content, match in (("{not json", "not valid JSON"), ('{"a": 1}', "JSON list"),
                            ('[{"image_id": 1}]', "entry 0 needs"),
-                           ('[{"image_id": 5, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]', "not in the ground truth")):
+                           ('[{"image_id": 5, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]',
+                            "not in the ground truth")):
         bad.write_text(content)
         with pytest.raises(CocoFormatError, match=match):
             load_coco_results(bad, tiny_coco_gt)

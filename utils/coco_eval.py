@@ -13,6 +13,7 @@ times faster, so this evaluation can run every epoch.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import re
@@ -109,7 +110,8 @@ def load_coco_gt(path: str | Path) -> dict:
     Annotations without ``area`` get box w*h, without ``iscrowd`` get 0. Raises CocoFormatError.
     """
     gt = _read_json(path, "COCO ground-truth")
-    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations", "categories")):
+    keys = ("images", "annotations", "categories")
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in keys):
         raise CocoFormatError(f"COCO ground-truth {path} needs lists 'images', 'annotations' and 'categories'")
     try:
         img_ids = {int(im["id"]) for im in gt["images"]}
@@ -121,7 +123,8 @@ def load_coco_gt(path: str | Path) -> dict:
             a.setdefault("area", w * h)
             a.setdefault("iscrowd", 0)
             if int(a["image_id"]) not in img_ids or int(a["category_id"]) not in cat_ids:
-                raise CocoFormatError(f"COCO ground-truth {path}: annotation {a.get('id')} refers to an unknown image or category")
+                raise CocoFormatError(f"COCO ground-truth {path}: annotation {a.get('id')} refers to an "
+                                      "unknown image or category")
             a["id"] = int(a["id"])
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, CocoFormatError):
@@ -147,15 +150,39 @@ def load_coco_results(path: str | Path, gt: dict) -> list[dict]:
             item = {"image_id": int(d["image_id"]), "category_id": int(d["category_id"]),
                     "bbox": box, "score": float(d["score"])}
         except (KeyError, TypeError, ValueError):
-            raise CocoFormatError(f"predictions {path}: entry {i} needs image_id, category_id, bbox [x, y, w, h] and score") from None
+            raise CocoFormatError(f"predictions {path}: entry {i} needs image_id, category_id, "
+                                  "bbox [x, y, w, h] and score") from None
         if len(box) != 4:
             raise CocoFormatError(f"predictions {path}: entry {i} bbox must have 4 numbers")
         if item["image_id"] not in img_ids:
-            raise CocoFormatError(f"predictions {path}: entry {i} has image_id {item['image_id']} not in the ground truth")
+            raise CocoFormatError(f"predictions {path}: entry {i} has image_id {item['image_id']} "
+                                  "not in the ground truth")
         if item["category_id"] not in cat_ids:
-            raise CocoFormatError(f"predictions {path}: entry {i} has category_id {item['category_id']} not in the ground truth")
+            raise CocoFormatError(f"predictions {path}: entry {i} has category_id {item['category_id']} "
+                                  "not in the ground truth")
         out.append(item)
     return out
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector while building ~10^5-10^6 annotation dicts.
+
+    Those dicts form no cycles, yet every few hundred allocations trigger a collection that
+    walks all of them again; pausing it makes building and indexing about twice as fast.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """float64 numpy copy of a tensor (any device) or array-like."""
+    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
 
 
 def _silent(*args, **kwargs) -> None:
@@ -209,8 +236,7 @@ class CocoEvaluator:
             classes: (n,) class index (mapped to the category id here).
         """
         self.seen_ids.add(int(image_id))
-        as_np = lambda x: x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)  # noqa: E731
-        b, s, c = as_np(boxes_xyxy).reshape(-1, 4), as_np(scores).reshape(-1), as_np(classes).reshape(-1)
+        b, s, c = _as_numpy(boxes_xyxy).reshape(-1, 4), _as_numpy(scores).reshape(-1), _as_numpy(classes).reshape(-1)
         if not len(b):
             return
         ci = c.astype(np.int64)
@@ -228,7 +254,9 @@ class CocoEvaluator:
         """Add detections already in COCO results format (category ids, ``bbox`` xywh)."""
         if not results:
             return
-        rows = np.array([[r["image_id"], *r["bbox"], r["score"], r["category_id"]] for r in results], np.float64)
+        # tuples, not lists: numpy converts them about 2.5x faster (matters at 500k detections)
+        with gc_paused():
+            rows = np.array([(r["image_id"], *r["bbox"], r["score"], r["category_id"]) for r in results], np.float64)
         self._chunks.append(rows)
 
     @property
@@ -245,6 +273,26 @@ class CocoEvaluator:
         scores = rows[:, 5] if decimals is None else rows[:, 5].round(decimals + 2)
         return [{"image_id": int(i), "category_id": int(c), "bbox": b, "score": s}
                 for i, c, b, s in zip(rows[:, 0].tolist(), rows[:, 6].tolist(), boxes.tolist(), scores.tolist())]
+
+    def _detection_dataset(self) -> dict:
+        """The detections as a COCO dataset dict, built directly rather than via ``loadRes``.
+
+        ``loadRes`` also adds a polygon per box (never read by box evaluation) and costs as
+        much as the evaluation itself on 500k detections; ids, areas and iscrowd are the same.
+        """
+        anns: list[dict] = []
+        if self._chunks:
+            rows = np.concatenate(self._chunks, 0)
+            gt_ids = np.array([int(im["id"]) for im in self.gt["images"]])
+            unknown = ~np.isin(rows[:, 0].astype(np.int64), gt_ids)
+            if unknown.any():
+                bad = int(rows[unknown, 0][0])
+                raise ValueError(f"detections refer to image id {bad}, which is not in the ground truth")
+            cols = (rows[:, 0].astype(np.int64).tolist(), rows[:, 6].astype(np.int64).tolist(),
+                    rows[:, 1:5].tolist(), rows[:, 5].tolist(), (rows[:, 3] * rows[:, 4]).tolist())
+            anns = [{"id": k, "image_id": i, "category_id": c, "bbox": b, "score": sc, "area": a, "iscrowd": 0}
+                    for k, (i, c, b, sc, a) in enumerate(zip(*cols), 1)]
+        return {"images": self.gt["images"], "categories": self.gt["categories"], "annotations": anns}
 
     def save_json(self, path: str | Path) -> Path:
         """Write the detections as a COCO results JSON (boxes to 3 decimals, scores to 5)."""
@@ -279,9 +327,9 @@ class CocoEvaluator:
         # the library annotates GT dicts in place; give it copies so self.gt stays clean
         gt = {**self.gt, "annotations": [dict(a) for a in self.gt["annotations"]]}
         ranges = {k: list(v) for k, v in {**COCO_RANGES, **self.area_ranges}.items()}
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), gc_paused():
             coco_gt = COCO(gt, print_function=_silent)
-            coco_dt = coco_gt.loadRes(self.results())
+            coco_dt = COCO(self._detection_dataset(), print_function=_silent)
             ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", ranges=ranges, print_function=_silent)
             if ids is not None:
                 ev.params.imgIds = ids

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import torch
 
+from utils.boxes import xyxy2xywh
+
 COCO_SIDE_BINS = (32, 96)  # small < 32^2 <= medium < 96^2 <= large (sides in px)
 
 
@@ -189,7 +191,9 @@ def plot_images(imgs: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndar
         paths: image paths; the file name is written on each tile.
     """
     imgs = imgs.detach().cpu().float().numpy() if isinstance(imgs, torch.Tensor) else np.asarray(imgs, np.float32)
-    targets = targets.detach().cpu().float().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets, np.float32)
+    if isinstance(targets, torch.Tensor):
+        targets = targets.detach().cpu().float().numpy()
+    targets = np.asarray(targets, np.float32)
     targets = targets.reshape(-1, targets.shape[-1] if targets.ndim == 2 else 6)
     if imgs.size and imgs.max() <= 1.0:
         imgs = imgs * 255
@@ -235,7 +239,16 @@ def _draw_targets(mosaic: np.ndarray, t: np.ndarray, origin: tuple[int, int], si
         label = _class_name(names, c) if names is not None else str(c)
         if has_conf:
             label = f"{label} {row[6]:.2f}"
-        cv2.putText(mosaic, label, (p1[0], max(p1[1] - 2, y0 + 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, colour, 1, cv2.LINE_AA)
+        cv2.putText(mosaic, label, (p1[0], max(p1[1] - 2, y0 + 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, colour, 1,
+                    cv2.LINE_AA)
+
+
+def output_to_target(out: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-image (n, 6) ``[x1, y1, x2, y2, conf, cls]`` -> (N, 7) ``[batch, cls, cx, cy, w, h, conf]``
+    (input pixels, CPU), the row format :func:`plot_images` draws predictions from."""
+    rows = [torch.cat((torch.full((d.shape[0], 1), i, device=d.device), d[:, 5:6], xyxy2xywh(d[:, :4]),
+                       d[:, 4:5]), 1) for i, d in enumerate(out)]
+    return torch.cat(rows, 0).cpu() if rows else torch.zeros((0, 7))
 
 
 def plot_train_batch(imgs: torch.Tensor, targets: torch.Tensor, paths: Sequence[str] | None,
