@@ -229,3 +229,34 @@ def test_main_user_errors_exit_1_with_one_line(tmp_path, capsys):
         assert val.main([*argv, "--device", "cpu", "--project", str(tmp_path / "runs")]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
+
+
+class BrightSquareModel(nn.Module):
+    """'Detects' the bright square of each image: one box around pixels above 0.5 (for TTA geometry)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.stride = torch.tensor([8.0, 32.0])
+        self.detect = SimpleNamespace(decode=self._decode)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+    @staticmethod
+    def _decode(raw: list[torch.Tensor]) -> torch.Tensor:
+        rows = []
+        for img in raw[0].float().mean(1):
+            ys, xs = torch.nonzero(img > 0.5, as_tuple=True)
+            x1, x2, y1, y2 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+            rows.append(torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, 0.9, 1.0]))
+        return torch.stack(rows)[:, None]  # (B, 1, 5 + nc)
+
+
+def test_tta_maps_every_pass_back_to_input_pixels():
+    x = torch.zeros((1, 3, 96, 128))
+    x[..., 30:54, 20:44] = 1.0  # 24x24 square centred at (32, 42), off-centre so a wrong un-flip shows
+    raw, pred = val._tta_predict(BrightSquareModel(), x)
+    assert raw[0] is not None and pred.shape == (1, len(val.TTA_PASSES), 6)
+    for box in pred[0]:
+        assert box[:4].tolist() == pytest.approx([32, 42, 24, 24], abs=2.0)
