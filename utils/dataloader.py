@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+import cv2
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
@@ -27,6 +28,7 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: give this worker's dataset copy its own augmentation streams."""
     info = get_worker_info()
     if info is not None:
+        cv2.setNumThreads(1)  # workers are already parallel: OpenCV's own pool would oversubscribe the cores
         info.dataset.reseed(torch.initial_seed() % 2**32)
 
 

@@ -115,7 +115,7 @@ class Trainer:
             yaml.safe_dump(self.hyp, f, sort_keys=False)
         with open(self.save_dir / "opt.yaml", "w") as f:
             yaml.safe_dump(vars(a), f, sort_keys=False)
-        plot_labels(self.train_ds.labels, self.names, self.save_dir / "labels.jpg")
+        plot_labels(self.train_ds.labels, self.names, self.save_dir / "labels.jpg", shapes_wh=self.train_ds.shapes)
         if not a.noautoanchor:
             wh = label_wh_px(self.train_ds.labels, self.train_ds.shapes, a.imgsz)
             check_anchors(self.model, wh, thr=self.hyp["anchor_t"], imgsz=a.imgsz)
