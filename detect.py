@@ -153,7 +153,8 @@ def build_predictor(opt: argparse.Namespace) -> tuple[Predictor, list[str]]:
     except ValueError as e:
         raise UserError(str(e)) from None
     model, ckpt = load_model(weights, device)
-    model.fuse()
+    # Fused convs in channels-last layout run ~20% faster on CPU (oneDNN) and feed tensor cores on GPU.
+    model.fuse().to(memory_format=torch.channels_last)
     names = list(ckpt["names"])
     if opt.classes and not all(0 <= c < len(names) for c in opt.classes):
         raise UserError(f"--classes {opt.classes}: the model has classes 0..{len(names) - 1}")

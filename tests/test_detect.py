@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
+import threading
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +101,31 @@ def test_images_folder_sliced_with_crops_and_json(tmp_path, weights, capsys):
     assert len(preds) == n_boxes == sum(1 for _ in (out / "crops").rglob("*.jpg"))
     assert "6 tiles of 96px" in capsys.readouterr().out  # 3 x 2 tiles on 200x160
     assert detect.main(argv) == 0 and (tmp_path / "runs" / "exp2").is_dir()  # next run: exp2
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_http_stream_gives_annotated_video(tmp_path, weights):
+    clip = tmp_path / "cam.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (VW, VH))
+    for i in range(5):
+        writer.write(np.full((VH, VW, 3), 40 * i, np.uint8))
+    writer.release()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/cam.avi"
+        assert detect.main(["--source", url, "--weights", str(weights), "--imgsz", "64", "--save-txt",
+                            "--project", str(tmp_path / "runs")]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = tmp_path / "runs" / "exp"
+    assert int(cv2.VideoCapture(str(out / "cam.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    assert len(list((out / "labels").glob("cam_*.txt"))) == 5
 
 
 def test_missing_source_one_line_exit_1(tmp_path, weights):

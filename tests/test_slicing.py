@@ -148,3 +148,12 @@ def test_predict_image_maps_to_original_pixels_and_times():
     assert det.shape[0] == 1
     assert torch.allclose(det[0, :4], torch.tensor(box, dtype=torch.float), atol=2.5)
     assert all(t > 0 for t in times)
+
+
+def test_test_time_augmentation_maps_flipped_and_scaled_passes_back():
+    box = (30, 20, 50, 44)
+    model = BlobModel()
+    det = predict_image(model, frame_with_box(160, 96, box), 64, augment=True)
+    assert len(model.batch_sizes) == 3  # full size, 0.83 flipped, 0.67
+    assert det.shape[0] == 1  # a wrongly mirrored pass would leave a second box
+    assert torch.allclose(det[0, :4], torch.tensor(box, dtype=torch.float), atol=3.0)

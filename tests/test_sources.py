@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
+import threading
 from pathlib import Path
 
 import cv2
@@ -86,6 +89,32 @@ def test_bad_sources_raise_one_line(tmp_path, make, match):
     with pytest.raises(SourceError, match=match) as e:
         load_source(make(tmp_path))
     assert "\n" not in str(e.value)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def http_video(tmp_path):
+    """URL of a 6-frame video served over HTTP on localhost (a stream without network access)."""
+    write_video(tmp_path / "cam.mp4", n=6)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/cam.mp4"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_stream(http_video):
+    src = load_source(http_video)
+    assert src.kind == "stream" and len(src) == 0  # a stream's length is unknown
+    items = list(src)
+    assert [i.frame for i in items] == [1, 2, 3, 4, 5, 6]
+    assert all(i.kind == "stream" and i.img0.shape == (H, W, 3) and i.path == http_video for i in items)
+    assert items[0].meta.size == (W, H) and items[0].meta.fps == pytest.approx(10)
+    assert [i.frame for i in load_source(http_video, vid_stride=2)] == [1, 3, 5]
 
 
 def test_unopenable_stream_raises():
