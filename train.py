@@ -11,12 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.optim import OPTIMIZERS
 from utils.run_dir import increment_path
-
-ROOT = Path(__file__).resolve().parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +49,7 @@ def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, Pa
     """Replace args by those of the run being resumed. Returns (args, checkpoint, last.pt path)."""
     from utils.train_setup import find_resume_checkpoint
 
-    path = find_resume_checkpoint(args.resume, ROOT / args.project if not Path(args.project).is_absolute() else Path(args.project))
+    path = find_resume_checkpoint(args.resume, Path(args.project))
     ckpt = load_checkpoint(path)
     if ckpt.get("train_model") is None or ckpt.get("epoch", -1) < 0:
         raise CheckpointError(f"{path} is from a finished run; nothing to resume (start a new run with --weights)")

@@ -17,7 +17,6 @@ k times, so ``len(dataset)`` grows and any sampler (shuffle or not) sees the rep
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
