@@ -6,7 +6,8 @@ Usage:
     python detect.py --source 0                        # webcam; or rtsp://..., http://...
     python detect.py --source big_aerial.jpg --slice 640 --overlap 0.2   # sliced inference
 
-Without --weights the best.pt of the newest run under runs/train is used. Results go to
+Without --weights the best.pt of the newest run under runs/train is used; without --source, the
+validation images of the bundled sample (data/hit-uav-sample). Results go to
 runs/detect/exp, exp2, ... (--project/--name). Bad input ends with one line on stderr and exit 1.
 """
 
@@ -34,6 +35,7 @@ from utils.video_writer import ResultWriter
 
 LOGGER = logging.getLogger("detect")
 TRAIN_RUNS = Path("runs/train")
+SAMPLE_SOURCE = Path(__file__).resolve().parent / "data" / "hit-uav-sample" / "images" / "val"
 
 
 class UserError(Exception):
@@ -45,8 +47,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Detect objects in images, videos and streams.")
     p.add_argument("--weights", type=str, default=None,
                    help="checkpoint .pt (default: best.pt of the newest run under runs/train)")
-    p.add_argument("--source", type=str, default="data/images",
-                   help="image, folder, glob, video, .txt list, webcam index or rtsp/http URL")
+    p.add_argument("--source", type=str, default=str(SAMPLE_SOURCE),
+                   help="image, folder, glob, video, .txt list, webcam index or rtsp/http URL "
+                        "(default: the bundled sample's validation images)")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")
     p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
