@@ -24,7 +24,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -33,9 +32,8 @@ from utils.coco_eval import (DEFAULT_AREA_RANGES, CocoEvaluator, CocoFormatError
                              format_coco_table, load_coco_gt, parse_area_ranges, yolo_labels_to_coco)
 from utils.metrics import ConfusionMatrix, DetectionStats, format_class_table
 from utils.nms import non_max_suppression
+from utils.tta import tta_predict
 
-TTA_PASSES = ((1.0, False), (1.0, True), (0.83, False), (0.67, False))  # (scale, left-right flip)
-TTA_PAD = 114 / 255  # letterbox grey
 PLOT_BATCHES = 3  # val_batch0..2 mosaics
 
 
@@ -56,32 +54,6 @@ def _coco_evaluator(dataset, names: list[str], coco_gt: str | Path | dict | None
     if ev.mapping_note:
         print(ev.mapping_note)
     return ev, {f: ev.image_id(f) for f in files}
-
-
-def _tta_predict(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Test-time augmentation: the image, its mirror, and 0.83 / 0.67 scales.
-
-    Each copy is shrunk and padded right/bottom to the model stride (so boxes need no shift);
-    its boxes are divided by the scale and mirrored back. Returns (raw outputs of the plain pass,
-    (B, N1 + ... + N4, 5 + nc) decoded predictions in ``x`` pixels) for one NMS over all passes.
-    """
-    h, w = x.shape[-2:]
-    stride = int(model.stride.max())
-    raw0, outs = None, []
-    for scale, flip in TTA_PASSES:
-        xi = x.flip(-1) if flip else x
-        if scale != 1.0:
-            sh, sw = int(h * scale), int(w * scale)
-            xi = F.interpolate(xi, size=(sh, sw), mode="bilinear", align_corners=False)
-            xi = F.pad(xi, (0, -sw % stride, 0, -sh % stride), value=TTA_PAD)
-        raw = model(xi)
-        raw0 = raw if raw0 is None else raw0
-        y = model.detect.decode(raw)
-        y[..., :4] /= scale
-        if flip:
-            y[..., 0] = w - y[..., 0]
-        outs.append(y)
-    return raw0, torch.cat(outs, 1)
 
 
 def _to_original(boxes_xyxy: torch.Tensor, input_hw: tuple[int, int], shape) -> torch.Tensor:
@@ -132,7 +104,7 @@ def _predict_batch(model: nn.Module, x: torch.Tensor, augment: bool, need_pred: 
     if not (need_pred or need_raw):
         return None, None
     if augment and need_pred:
-        raw, pred = _tta_predict(model, x)
+        raw, pred = tta_predict(model, x)
     else:
         raw = model(x)
         pred = model.detect.decode(raw) if need_pred else None
@@ -192,7 +164,7 @@ def evaluate(model: nn.Module, dataloader, names: list[str], *, conf_thres: floa
         coco_gt: COCO GT JSON (path or dict) of the split; None = built from the YOLO labels.
         area_ranges: extra COCO size bins ``{name: (min_area, max_area)}`` (original px^2).
         compute_loss: ``loss, loss_items (3,), extras = compute_loss(raw, targets)``.
-        augment: test-time augmentation (:data:`TTA_PASSES`); half: FP16 on CUDA only.
+        augment: test-time augmentation (:data:`utils.tta.TTA_PASSES`); half: FP16 on CUDA only.
         slicer: ``slicer(img_bgr HxWx3) -> (n, 6) [x1, y1, x2, y2, conf, cls]`` in original pixels;
             when given, detections come from it (sliced inference) instead of the batch.
 

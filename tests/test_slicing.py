@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from utils.slicing import greedy_nmm, letterbox, merge_detections, predict_image, sliced_predict, tile_coordinates
+from utils.augment import letterbox
+from utils.slicing import greedy_nmm, merge_detections, predict_image, sliced_predict, tile_coordinates
+from utils.tta import TTA_PASSES
 
 
 class BlobModel(nn.Module):
@@ -23,6 +27,10 @@ class BlobModel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.batch_sizes: list[int] = []
+        self.detect = SimpleNamespace(decode=lambda raw: raw)  # forward already returns decoded rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         self.batch_sizes.append(x.shape[0])
@@ -76,7 +84,7 @@ def test_tile_arguments_validated():
 def test_letterbox_ratio_pad_round_trip():
     img = np.zeros((50, 100, 3), np.uint8)
     out, ratio, pad = letterbox(img, 64, stride=32)
-    assert out.shape == (64, 64, 3) and ratio == (32 / 50, 64 / 100) and pad == (0, 16)
+    assert out.shape == (64, 64, 3) and ratio == (64 / 100, 32 / 50) and pad == (0, 16)
     out, _, pad = letterbox(img, 64, stride=32, auto=True)  # rectangle: pad only to the stride
     assert out.shape == (32, 64, 3) and pad == (0, 0)
 
@@ -154,6 +162,6 @@ def test_test_time_augmentation_maps_flipped_and_scaled_passes_back():
     box = (30, 20, 50, 44)
     model = BlobModel()
     det = predict_image(model, frame_with_box(160, 96, box), 64, augment=True)
-    assert len(model.batch_sizes) == 3  # full size, 0.83 flipped, 0.67
+    assert len(model.batch_sizes) == len(TTA_PASSES)  # full size, mirrored, 0.83, 0.67
     assert det.shape[0] == 1  # a wrongly mirrored pass would leave a second box
     assert torch.allclose(det[0, :4], torch.tensor(box, dtype=torch.float), atol=3.0)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import val
+from utils.tta import TTA_PASSES, tta_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -256,7 +257,7 @@ class BrightSquareModel(nn.Module):
 def test_tta_maps_every_pass_back_to_input_pixels():
     x = torch.zeros((1, 3, 96, 128))
     x[..., 30:54, 20:44] = 1.0  # 24x24 square centred at (32, 42), off-centre so a wrong un-flip shows
-    raw, pred = val._tta_predict(BrightSquareModel(), x)
-    assert raw[0] is not None and pred.shape == (1, len(val.TTA_PASSES), 6)
+    raw, pred = tta_predict(BrightSquareModel(), x)
+    assert raw[0] is not None and pred.shape == (1, len(TTA_PASSES), 6)
     for box in pred[0]:
         assert box[:4].tolist() == pytest.approx([32, 42, 24, 24], abs=2.0)

@@ -43,24 +43,29 @@ def resize_long_side(img: np.ndarray, imgsz: int, fast_down: bool = False) -> np
     return cv2.resize(img, size, interpolation=interp)
 
 
-def letterbox(img: np.ndarray, new_shape_hw: tuple[int, int], scaleup: bool = True,
-              color: int = PAD_VALUE) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
-    """Resize (keeping aspect) to fit ``new_shape_hw`` and pad to exactly that shape.
+def letterbox(img: np.ndarray, new_shape: int | tuple[int, int], scaleup: bool = True, auto: bool = False,
+              stride: int = 32, color: int = PAD_VALUE) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize (keeping aspect) to fit ``new_shape`` ((h, w) or a square side) and pad.
 
-    Returns (img (H, W, 3), (ratio_w, ratio_h) of the resize, (padw, padh) left/top padding in
-    pixels). The pads are whole pixels so that ``x_new = x * ratio_w + padw`` holds exactly for the
-    image content, not only for the labels.
+    ``auto`` pads only up to the next multiple of ``stride`` (a rectangle, fewer pixels to run, for
+    whole-frame inference) instead of up to ``new_shape`` (a fixed shape, needed to stack images
+    into a batch). Returns (img (H, W, 3), (ratio_w, ratio_h) of the resize, (padw, padh)
+    left/top padding in pixels). The pads are whole pixels so that ``x_new = x * ratio_w + padw``
+    holds exactly for the image content, not only for the labels.
     """
     h0, w0 = img.shape[:2]
-    nh, nw = new_shape_hw
+    nh, nw = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
     r = min(nh / h0, nw / w0)
     if not scaleup:
         r = min(r, 1.0)  # validation: never upsample, it does not add information
     w, h = round(w0 * r), round(h0 * r)
+    pw, ph = nw - w, nh - h
+    if auto:
+        pw, ph = pw % stride, ph % stride
     if (w, h) != (w0, h0):
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-    left, top = (nw - w) // 2, (nh - h) // 2
-    img = cv2.copyMakeBorder(img, top, nh - h - top, left, nw - w - left, cv2.BORDER_CONSTANT,
+    left, top = pw // 2, ph // 2
+    img = cv2.copyMakeBorder(img, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT,
                              value=(color, color, color))
     return img, (w / w0, h / h0), (float(left), float(top))
 

@@ -12,19 +12,17 @@ of the original image, sorted by confidence.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
+from utils.augment import letterbox
 from utils.boxes import clip_boxes, scale_boxes
 from utils.nms import non_max_suppression
 from utils.torch_utils import time_sync
+from utils.tta import tta_predict
 
-PAD_VALUE = 114  # letterbox grey, as in training
-TTA_PASSES = ((1.0, False), (0.83, True), (0.67, False))  # (scale, left-right flip)
 MERGE_MODES = ("nms", "nmm")
 MATCH_METRICS = ("ios", "iou")
 
@@ -53,30 +51,6 @@ def tile_coordinates(img_w: int, img_h: int, slice_size: int, overlap: float) ->
             for y in starts(img_h) for x in starts(img_w)]
 
 
-def letterbox(img: np.ndarray, new_shape: int | tuple[int, int], stride: int = 32, auto: bool = False,
-              color: int = PAD_VALUE) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
-    """Resize ``img`` (HxWxC) keeping its aspect ratio to fit ``new_shape`` (h, w), then pad.
-
-    ``auto`` pads only up to the next multiple of ``stride`` (a rectangle, fewer pixels to run)
-    instead of up to ``new_shape`` (a fixed shape, needed to stack tiles into one batch).
-    Returns (image, (ratio_h, ratio_w), (padw, padh)); the last two are the ``ratio_pad`` that
-    ``utils.boxes.scale_boxes`` takes to map boxes back.
-    """
-    h0, w0 = img.shape[:2]
-    nh, nw = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
-    r = min(nh / h0, nw / w0)
-    w1, h1 = round(w0 * r), round(h0 * r)
-    pw, ph = nw - w1, nh - h1
-    if auto:
-        pw, ph = pw % stride, ph % stride
-    if (w1, h1) != (w0, h0):
-        img = cv2.resize(img, (w1, h1), interpolation=cv2.INTER_LINEAR if r > 1 else cv2.INTER_AREA)
-    left, top = pw // 2, ph // 2
-    img = cv2.copyMakeBorder(img, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT,
-                             value=(color, color, color))
-    return img, (h1 / h0, w1 / w0), (left, top)
-
-
 def to_tensor(imgs: list[np.ndarray], device: torch.device, half: bool = False) -> torch.Tensor:
     """Same-size HxWx3 uint8 BGR images -> (B, 3, H, W) RGB float in [0, 1] on ``device``."""
     x = torch.from_numpy(np.ascontiguousarray(np.stack(imgs)[..., ::-1].transpose(0, 3, 1, 2)))
@@ -90,33 +64,9 @@ def _model_device_stride(model: nn.Module) -> tuple[torch.device, int]:
     return (p.device if p is not None else torch.device("cpu")), stride
 
 
-def _predict_tta(model: nn.Module, x: torch.Tensor, stride: int) -> torch.Tensor:
-    """Test-time augmentation: predictions of scaled and flipped copies, in ``x`` pixels.
-
-    Each copy is shrunk by its scale and padded right/bottom to a multiple of ``stride`` (so
-    boxes need no shift), its boxes divided by the scale and, for the flipped one, mirrored.
-    Returns (B, N1 + N2 + N3, 5 + nc), to be merged by NMS like a single pass.
-    """
-    h, w = x.shape[-2:]
-    outs = []
-    for scale, flip in TTA_PASSES:
-        xi = x.flip(-1) if flip else x
-        if scale != 1.0:
-            sh, sw = int(h * scale), int(w * scale)
-            xi = F.interpolate(xi, size=(sh, sw), mode="bilinear", align_corners=False)
-            ph, pw = -sh % stride, -sw % stride
-            xi = F.pad(xi, (0, pw, 0, ph), value=PAD_VALUE / 255)
-        y = model.predict(xi)
-        y[..., :4] /= scale
-        if flip:
-            y[..., 0] = w - y[..., 0]
-        outs.append(y)
-    return torch.cat(outs, 1)
-
-
 def _model_predict(model: nn.Module, x: torch.Tensor, augment: bool, stride: int) -> torch.Tensor:
     with torch.inference_mode():
-        return _predict_tta(model, x, stride) if augment else model.predict(x)
+        return tta_predict(model, x)[1] if augment else model.predict(x)
 
 
 def _add_times(times: list[float] | None, *dt: float) -> None:
@@ -137,13 +87,13 @@ def predict_image(model: nn.Module, img_bgr: np.ndarray, imgsz: int | tuple[int,
     """
     device, stride = _model_device_stride(model)
     t0 = time_sync()
-    img, ratio, pad = letterbox(img_bgr, imgsz, stride, auto=True)
+    img, (rw, rh), pad = letterbox(img_bgr, imgsz, auto=True, stride=stride)
     x = to_tensor([img], device, half)
     t1 = time_sync()
     pred = _model_predict(model, x, augment, stride)
     t2 = time_sync()
     det = non_max_suppression(pred.float(), conf_thres, iou_thres, classes, agnostic, max_det)[0]
-    scale_boxes(x.shape[2:], det[:, :4], img_bgr.shape[:2], (ratio, pad))
+    scale_boxes(x.shape[2:], det[:, :4], img_bgr.shape[:2], ((rh, rw), pad))
     _add_times(times, t1 - t0, t2 - t1, time_sync() - t2)
     return det
 
@@ -219,14 +169,14 @@ def _predict_tiles(model: nn.Module, img_bgr: np.ndarray, tiles: list[tuple[int,
     for b in range(0, len(tiles), batch_size):
         t0 = time_sync()
         batch = tiles[b:b + batch_size]
-        boxed = [letterbox(img_bgr[y1:y2, x1:x2], imgsz, stride) for x1, y1, x2, y2 in batch]
+        boxed = [letterbox(img_bgr[y1:y2, x1:x2], imgsz) for x1, y1, x2, y2 in batch]
         x = to_tensor([im for im, _, _ in boxed], device, half)
         t1 = time_sync()
         pred = _model_predict(model, x, augment, stride)
         t2 = time_sync()
         dets = non_max_suppression(pred.float(), **nms_args)
-        for det, (x1, y1, x2, y2), (_, ratio, pad) in zip(dets, batch, boxed):
-            scale_boxes(x.shape[2:], det[:, :4], (y2 - y1, x2 - x1), (ratio, pad))
+        for det, (x1, y1, x2, y2), (_, (rw, rh), pad) in zip(dets, batch, boxed):
+            scale_boxes(x.shape[2:], det[:, :4], (y2 - y1, x2 - x1), ((rh, rw), pad))
             det[:, [0, 2]] += x1  # tile -> frame: the tile offset, exactly
             det[:, [1, 3]] += y1
             out.append(det)
