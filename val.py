@@ -333,7 +333,8 @@ def run(args: argparse.Namespace, area_ranges: dict) -> dict:
         from utils.slicing import sliced_predict
         slicer = functools.partial(sliced_predict, model, slice_size=args.slice, overlap=args.overlap,
                                    imgsz=args.imgsz, conf_thres=args.conf_thres, iou_thres=args.iou_thres,
-                                   max_det=args.max_det, half=half, augment=args.augment)
+                                   max_det=args.max_det, half=half, augment=args.augment,
+                                   batch_size=8 if device.type == "cuda" else 1)  # tile batches only pay on a GPU
     metrics = evaluate(model, loader, data["names"], conf_thres=args.conf_thres, iou_thres=args.iou_thres,
                        max_det=args.max_det, coco_gt=args.coco_gt or data.get(f"{args.task}_json"),
                        save_dir=save_dir, plots=args.plots, area_ranges=area_ranges, augment=args.augment,
