@@ -99,3 +99,16 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "nope.yaml" in r.stderr
     r = _run("train.py", "--cfg", "models/yolov9z.yaml", "--epochs", "1", "--project", str(tmp_path))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "yolov9z" in r.stderr
+
+
+def test_train_flags_multiscale_freeze_cache_noval_nosave(tiny_data, tmp_path):
+    r = _run("train.py", "--data", str(tiny_data), "--epochs", "2", *TINY, "--multi-scale", "--freeze", "3",
+             "--cos-lr", "--cache", "--noval", "--nosave", "--optimizer", "SGD",
+             "--project", str(tmp_path), "--name", "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "froze" in r.stdout
+    rows = _rows(tmp_path / "run" / "results.csv")
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert float(rows[0]["metrics/mAP50"]) == 0.0 and float(rows[0]["val/box_loss"]) == 0.0  # --noval
+    assert float(rows[1]["val/box_loss"]) > 0  # the final epoch is always validated
+    assert load_checkpoint(tmp_path / "run" / "weights" / "last.pt")["epoch"] == -1
