@@ -1,7 +1,7 @@
 """Train model/hyp variants for the same budget on the same data and print one comparison table.
 
-    python benchmarks/ablate.py --data data/hit-uav.yaml --epochs 15 --imgsz 320
-    python benchmarks/ablate.py --variants models/yolov5n.yaml:hyp.scratch.yaml \
+    python -m benchmarks.ablate --data data/hit-uav.yaml --epochs 20 --imgsz 320 --nbs 16
+    python -m benchmarks.ablate --variants models/yolov5n.yaml:hyp.scratch.yaml \
         models/yolov5n-p2.yaml:hyp.sod.yaml --data my-data.yaml
 
 Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path). Every run uses the same
@@ -18,13 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-
-from models.summary import count_gflops  # noqa: E402
-from models.yolo import build_model  # noqa: E402
-import train  # noqa: E402
-from utils.trainer import Trainer  # noqa: E402
+import train
+from models.summary import count_gflops
+from models.yolo import build_model
+from utils.data_config import load_data_config
+from utils.trainer import Trainer
 
 DEFAULT_VARIANTS = ["models/yolov5n.yaml:hyp.scratch.yaml", "models/yolov5n-p2.yaml:hyp.scratch.yaml",
                     "models/yolov5n-p2.yaml:hyp.sod.yaml"]
@@ -79,8 +77,6 @@ def write_table(rows: list[dict], project: Path, header: str) -> str:
 
 def main() -> int:
     a = parse_args()
-    from utils.data_config import load_data_config
-
     nc = load_data_config(a.data)["nc"]
     rows = []
     for v in a.variants:
