@@ -112,3 +112,15 @@ def test_train_flags_multiscale_freeze_cache_noval_nosave(tiny_data, tmp_path):
     assert float(rows[0]["metrics/mAP50"]) == 0.0 and float(rows[0]["val/box_loss"]) == 0.0  # --noval
     assert float(rows[1]["val/box_loss"]) > 0  # the final epoch is always validated
     assert load_checkpoint(tmp_path / "run" / "weights" / "last.pt")["epoch"] == -1
+
+
+def test_small_object_hyp_stitches_and_logs_feedback(tiny_data, tmp_path):
+    # At 64 px every box is under 32x32, so fdl_area is made tiny to keep r_t below stitch_tau.
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("fdl: 1.0\nfdl_area: 4\nstitch_tau: 0.5\ncopy_paste: 1.0\ncp_times: 2\nmosaic9: 0.5\n")
+    r = _run("train.py", "--data", str(tiny_data), "--hyp", str(hyp), "--epochs", "1", "--imgsz", "64",
+             "--batch-size", "2", "--workers", "0", "--noautoanchor", "--project", str(tmp_path), "--name", "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = _rows(tmp_path / "run" / "results.csv")[0]
+    assert 0 < float(row["stitch/fraction"]) < 1  # 8 batches: stitched iterations consume 4 each
+    assert 0 <= float(row["fdl/ratio"]) < 0.5 and float(row["fdl/gain"]) >= 1.0
