@@ -28,7 +28,6 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: give this worker's dataset copy its own augmentation streams."""
     info = get_worker_info()
     if info is not None:
-        cv2.setNumThreads(1)  # workers are already parallel: OpenCV's own pool would oversubscribe the cores
         info.dataset.reseed(torch.initial_seed() % 2**32)
 
 
@@ -52,6 +51,10 @@ def build_dataloader(img_files: list[str], imgsz: int, batch_size: int, stride: 
         shuffle = False
     batch_size = min(batch_size, len(dataset))
     workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
+    if workers > 0:
+        # OpenCV's thread pool does not survive fork(): a worker that inherits a used pool can hang
+        # in its first cv2 call. Sequential OpenCV is also what parallel workers want.
+        cv2.setNumThreads(0)
     generator = torch.Generator()
     generator.manual_seed(seed)
     loader = DataLoader(
