@@ -26,10 +26,11 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from utils.checkpoint import CheckpointError, load_model
+from utils.checkpoint import load_model
+from utils.errors import ConfigError, SodError
 from utils.run_dir import increment_path
 from utils.slicing import MATCH_METRICS, MERGE_MODES, predict_image, sliced_predict, tile_coordinates
-from utils.sources import SourceError, load_source, quiet_video_logs
+from utils.sources import load_source, quiet_video_logs
 from utils.torch_utils import select_device, time_sync
 from utils.video_writer import ResultWriter
 
@@ -38,11 +39,7 @@ TRAIN_RUNS = Path("runs/train")
 SAMPLE_SOURCE = Path(__file__).resolve().parent / "data" / "hit-uav-sample" / "images" / "val"
 
 
-class UserError(Exception):
-    """Wrong flags or files; the message is one line meant for the user."""
-
-
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (YOLOv5 detect.py names and defaults, plus the --slice group)."""
     p = argparse.ArgumentParser(description="Detect objects in images, videos and streams.")
     p.add_argument("--weights", type=str, default=None,
@@ -89,7 +86,7 @@ def newest_weights(train_dir: Path = TRAIN_RUNS) -> Path:
     """The most recently written ``<train_dir>/*/weights/best.pt``."""
     found = list(train_dir.glob("*/weights/best.pt"))
     if not found:
-        raise UserError(f"no --weights given and no {train_dir}/*/weights/best.pt found: "
+        raise ConfigError(f"no --weights given and no {train_dir}/*/weights/best.pt found: "
                         "train a model first or pass --weights path/to/best.pt")
     return max(found, key=lambda p: p.stat().st_mtime)
 
@@ -97,7 +94,7 @@ def newest_weights(train_dir: Path = TRAIN_RUNS) -> Path:
 def check_imgsz(imgsz: list[int], stride: int) -> tuple[int, int]:
     """--imgsz (1 or 2 values) -> (h, w), each rounded up to a multiple of the model stride."""
     if len(imgsz) not in (1, 2) or min(imgsz) < 1:
-        raise UserError(f"--imgsz takes one or two positive sizes (h w), got {imgsz}")
+        raise ConfigError(f"--imgsz takes one or two positive sizes (h w), got {imgsz}")
     h, w = (imgsz * 2)[:2]
     new = (-(-h // stride) * stride, -(-w // stride) * stride)
     if new != (h, w):
@@ -105,14 +102,14 @@ def check_imgsz(imgsz: list[int], stride: int) -> tuple[int, int]:
     return new
 
 
-def check_flags(opt: argparse.Namespace) -> None:
+def check_flags(args: argparse.Namespace) -> None:
     """Reject flag values that would fail later with a less clear message."""
-    if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
-        raise UserError(f"--conf-thres and --iou-thres must be in [0, 1], got {opt.conf_thres} and {opt.iou_thres}")
-    if opt.max_det < 1 or opt.vid_stride < 1 or opt.slice_batch < 0 or opt.slice < 0:
-        raise UserError("--max-det and --vid-stride must be >= 1, --slice and --slice-batch >= 0")
-    if not 0 <= opt.overlap < 1:
-        raise UserError(f"--overlap must be in [0, 1), got {opt.overlap}")
+    if not 0 <= args.conf_thres <= 1 or not 0 <= args.iou_thres <= 1:
+        raise ConfigError(f"--conf-thres and --iou-thres must be in [0, 1], got {args.conf_thres} and {args.iou_thres}")
+    if args.max_det < 1 or args.vid_stride < 1 or args.slice_batch < 0 or args.slice < 0:
+        raise ConfigError("--max-det and --vid-stride must be >= 1, --slice and --slice-batch >= 0")
+    if not 0 <= args.overlap < 1:
+        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
 
 
 @dataclass
@@ -147,33 +144,30 @@ class Predictor:
         return predict_image(self.model, img0, self.imgsz, augment=self.augment, times=self.times, **nms)
 
 
-def build_predictor(opt: argparse.Namespace) -> tuple[Predictor, list[str]]:
+def build_predictor(args: argparse.Namespace) -> tuple[Predictor, list[str]]:
     """Resolve weights and device, load the model; returns the predictor and the class names."""
-    weights = Path(opt.weights) if opt.weights else newest_weights()
-    if not opt.weights:
+    weights = Path(args.weights) if args.weights else newest_weights()
+    if not args.weights:
         print(f"Using weights {weights} (best.pt of the newest run under {TRAIN_RUNS})")
-    try:
-        device = select_device(opt.device)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    device = select_device(args.device)
     model, ckpt = load_model(weights, device)
     # Fused convs in channels-last layout run ~20% faster on CPU (oneDNN) and feed tensor cores on GPU.
     model.fuse().to(memory_format=torch.channels_last)
     names = list(ckpt["names"])
-    if opt.classes and not all(0 <= c < len(names) for c in opt.classes):
-        raise UserError(f"--classes {opt.classes}: the model has classes 0..{len(names) - 1}")
-    half = opt.half and device.type == "cuda"
-    if opt.half and not half:
+    if args.classes and not all(0 <= c < len(names) for c in args.classes):
+        raise ConfigError(f"--classes {args.classes}: the model has classes 0..{len(names) - 1}")
+    half = args.half and device.type == "cuda"
+    if args.half and not half:
         LOGGER.warning("WARNING: --half needs a CUDA device; running in FP32")
     if half:
         model.half()
-    imgsz = check_imgsz(opt.imgsz, int(model.stride.max()))
+    imgsz = check_imgsz(args.imgsz, int(model.stride.max()))
     # On CPU one tile at a time measured 25-40% faster than batches of 8 (cache-bound convolutions;
     # benchmarks/sliced_inference.md); on GPU batches keep the device busy.
-    slice_batch = opt.slice_batch or (8 if device.type == "cuda" else 1)
-    predictor = Predictor(model, imgsz, opt.conf_thres, opt.iou_thres, opt.max_det, opt.classes,
-                          opt.agnostic_nms, half, opt.augment, opt.slice, opt.overlap, opt.slice_full,
-                          opt.slice_merge, opt.slice_match, slice_batch)
+    slice_batch = args.slice_batch or (8 if device.type == "cuda" else 1)
+    predictor = Predictor(model, imgsz, args.conf_thres, args.iou_thres, args.max_det, args.classes,
+                          args.agnostic_nms, half, args.augment, args.slice, args.overlap, args.slice_full,
+                          args.slice_merge, args.slice_match, slice_batch)
     if device.type != "cpu":  # the first CUDA call is slow: keep it out of the timings
         predictor(np.zeros((*imgsz, 3), np.uint8))
         predictor.times[:] = [0.0, 0.0, 0.0]
@@ -203,16 +197,16 @@ def summary(frames: int, predictor: Predictor, wall: float, shape: tuple[int, in
             f"({how}); {model_fps:.1f} FPS model, {fps:.1f} FPS end-to-end")
 
 
-def run(opt: argparse.Namespace) -> Path:
-    """Detect on every frame of ``opt.source`` and write the results; returns the run folder."""
-    check_flags(opt)
-    source = load_source(opt.source, opt.vid_stride)  # checked before any output is written
-    predictor, names = build_predictor(opt)
-    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
-    writer = ResultWriter(save_dir, names, save_img=not opt.nosave, save_txt=opt.save_txt,
-                          save_conf=opt.save_conf, save_crop=opt.save_crop, save_json=opt.save_json,
-                          view_img=opt.view_img, line_thickness=opt.line_thickness,
-                          hide_labels=opt.hide_labels, hide_conf=opt.hide_conf, vid_stride=opt.vid_stride)
+def run(args: argparse.Namespace) -> Path:
+    """Detect on every frame of ``args.source`` and write the results; returns the run folder."""
+    check_flags(args)
+    source = load_source(args.source, args.vid_stride)  # checked before any output is written
+    predictor, names = build_predictor(args)
+    save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
+    writer = ResultWriter(save_dir, names, save_img=not args.nosave, save_txt=args.save_txt,
+                          save_conf=args.save_conf, save_crop=args.save_crop, save_json=args.save_json,
+                          view_img=args.view_img, line_thickness=args.line_thickness,
+                          hide_labels=args.hide_labels, hide_conf=args.hide_conf, vid_stride=args.vid_stride)
     frames, shape, t0 = 0, None, time.perf_counter()
     try:
         with logging_redirect_tqdm(), tqdm(source, total=len(source) or None, unit="frame") as bar:
@@ -233,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the process exit code (0 ok, 1 bad input, 130 interrupted)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     quiet_video_logs()
-    opt = parse_opt(argv)
+    args = parse_args(argv)
     try:
-        run(opt)
-    except (UserError, SourceError, CheckpointError) as e:
+        run(args)
+    except SodError as e:
         print(f"detect.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

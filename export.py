@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils.checkpoint import CheckpointError, load_model
+from utils.checkpoint import load_model
+from utils.errors import ConfigError, SodError
 
 FORMATS = ("torchscript", "onnx")
 
@@ -46,7 +47,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int,
     try:
         import onnx
     except ImportError:
-        raise ValueError("ONNX export needs the onnx package: pip install onnx") from None
+        raise ConfigError("ONNX export needs the onnx package: pip install onnx") from None
     axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 1: "anchors"}} if dynamic else None
     torch.onnx.export(PredictWrapper(model), (example,), str(path), dynamo=False, opset_version=opset,
                       input_names=["images"], output_names=["output"], dynamic_axes=axes)
@@ -66,25 +67,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
+    args = parse_args(argv)
     try:
-        model, ckpt = load_model(a.weights, "cpu")
+        model, ckpt = load_model(args.weights, "cpu")
         model.fuse()
-        h, w = (a.imgsz * 2)[:2]
+        h, w = (args.imgsz * 2)[:2]
         stride = int(model.stride.max())
         if h % stride or w % stride:
-            raise ValueError(f"--imgsz {h} {w} must be multiples of the largest stride {stride}")
-        example = torch.zeros(a.batch_size, 3, h, w)
+            raise ConfigError(f"--imgsz {h} {w} must be multiples of the largest stride {stride}")
+        example = torch.zeros(args.batch_size, 3, h, w)
         with torch.no_grad():
             shape = tuple(model.predict(example).shape)
-        weights = Path(a.weights)
-        for fmt in a.include:
+        weights = Path(args.weights)
+        for fmt in args.include:
             if fmt == "torchscript":
                 out = export_torchscript(model, example, weights.with_suffix(".torchscript"))
             else:
-                out = export_onnx(model, example, weights.with_suffix(".onnx"), a.opset, a.dynamic)
+                out = export_onnx(model, example, weights.with_suffix(".onnx"), args.opset, args.dynamic)
             print(f"{fmt}: {out} ({out.stat().st_size / 1e6:.1f} MB), input {tuple(example.shape)}, output {shape}")
-    except (CheckpointError, ValueError) as e:
+    except SodError as e:
         print(f"export.py: error: {e}", file=sys.stderr)
         return 1
     return 0

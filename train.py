@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import load_checkpoint
+from utils.errors import CheckpointError, SodError
 from utils.optim import OPTIMIZERS
 from utils.run_dir import increment_path
 
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, Path]:
     """Replace args by those of the run being resumed. Returns (args, checkpoint, last.pt path)."""
-    from utils.train_setup import find_resume_checkpoint
+    from utils.run_dir import find_resume_checkpoint
 
     path = find_resume_checkpoint(args.resume, Path(args.project))
     ckpt = load_checkpoint(path)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
         trainer = Trainer(args, save_dir, resume_ckpt=ckpt)
         metrics = trainer.fit()
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except SodError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -28,8 +28,9 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywhn
-from utils.coco_eval import (DEFAULT_AREA_RANGES, CocoEvaluator, CocoFormatError, evaluate_files,
+from utils.coco_eval import (DEFAULT_AREA_RANGES, CocoEvaluator, evaluate_files,
                              format_coco_table, load_coco_gt, parse_area_ranges, yolo_labels_to_coco)
+from utils.errors import ConfigError, DatasetError, SodError
 from utils.metrics import ConfusionMatrix, DetectionStats, format_class_table
 from utils.nms import non_max_suppression
 from utils.tta import tta_predict
@@ -304,23 +305,23 @@ def run_files(gt_json: str, pred_json: str, area_ranges: dict) -> dict[str, floa
 def run(args: argparse.Namespace, area_ranges: dict) -> dict:
     """Evaluate ``--weights`` on the ``--task`` split of ``--data``; returns the metrics dict."""
     from utils.checkpoint import load_model
-    from utils.data_config import load_data_config
-    from utils.dataloader import build_dataloader
+    from utils.data.config import load_data_config
+    from utils.data.loader import build_dataloader
     from utils.run_dir import increment_path
     from utils.torch_utils import select_device
 
     if not args.data or not args.weights:
-        raise ValueError("--data and --weights are required (or --coco-gt with --pred)")
+        raise ConfigError("--data and --weights are required (or --coco-gt with --pred)")
     if args.pred:
-        raise ValueError("--pred evaluates a results file and takes --coco-gt, not --weights/--data")
+        raise ConfigError("--pred evaluates a results file and takes --coco-gt, not --weights/--data")
     device = select_device(args.device)
     data = load_data_config(args.data)
     files = data.get(args.task)
     if not files:
-        raise ValueError(f"dataset YAML {args.data} has no '{args.task}' split")
+        raise DatasetError(f"dataset YAML {args.data} has no '{args.task}' split")
     model, ckpt = load_model(args.weights, device)
     if model.nc != data["nc"]:
-        raise ValueError(f"{args.weights} predicts {model.nc} classes but {args.data} has {data['nc']}")
+        raise ConfigError(f"{args.weights} predicts {model.nc} classes but {args.data} has {data['nc']}")
     half = args.half and device.type == "cuda"
     if args.half and not half:
         print("--half needs CUDA; running in FP32")
@@ -346,18 +347,16 @@ def run(args: argparse.Namespace, area_ranges: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line to stderr and return 1."""
-    from utils.checkpoint import CheckpointError
-
     args = parse_args(argv)
     try:
         area_ranges = parse_area_ranges(args.area_ranges)
         if args.pred or (args.coco_gt and not args.weights):
             if not (args.pred and args.coco_gt):
-                raise ValueError("--pred and --coco-gt go together (or add --weights and --data)")
+                raise ConfigError("--pred and --coco-gt go together (or add --weights and --data)")
             run_files(args.coco_gt, args.pred, area_ranges)
         else:
             run(args, area_ranges)
-    except (CocoFormatError, CheckpointError, ValueError, FileNotFoundError, OSError) as e:
+    except SodError as e:
         print(f"val.py: error: {e}", file=sys.stderr)
         return 1
     return 0

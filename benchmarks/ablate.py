@@ -21,7 +21,7 @@ from pathlib import Path
 import train
 from models.summary import count_gflops
 from models.yolo import build_model
-from utils.data_config import load_data_config
+from utils.data.config import load_data_config
 from utils.trainer import Trainer
 
 DEFAULT_VARIANTS = ["models/yolov5n.yaml:hyp.scratch.yaml", "models/yolov5n-p2.yaml:hyp.scratch.yaml",

@@ -12,6 +12,18 @@ from torch import nn
 from models.registry import register
 
 
+@torch.no_grad()
+def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a Conv2d with bias equivalent to conv followed by bn in eval mode."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                      conv.padding, conv.dilation, conv.groups, bias=True).to(conv.weight.device)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
+    return fused.requires_grad_(False)
+
+
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
     """Padding that keeps the spatial size for stride 1 ('same' padding)."""
     if p is None:
@@ -36,8 +48,15 @@ class Conv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
+    def fuse(self) -> None:
+        """Fold the BatchNorm into the conv (eval-mode equivalent, faster inference)."""
+        if hasattr(self, "bn"):
+            self.conv = fuse_conv_and_bn(self.conv, self.bn)
+            delattr(self, "bn")
+            self.forward = self.forward_fused
+
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward after :meth:`models.yolo.DetectionModel.fuse` folded BN into the conv."""
+        """Forward after :meth:`fuse` folded BN into the conv."""
         return self.act(self.conv(x))
 
 

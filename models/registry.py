@@ -23,6 +23,14 @@ from torch import nn
 MODULES: dict[str, type[nn.Module]] = {}
 
 
+class ModelConfigError(ValueError):
+    """A model YAML that cannot be built; the message names the file, row or key.
+
+    models/ stands alone, so this is not a :class:`utils.errors.SodError`; the library's model
+    builders (utils/checkpoint.py) re-raise it as :class:`utils.errors.ConfigError`.
+    """
+
+
 def register(cls: type[nn.Module]) -> type[nn.Module]:
     """Class decorator: make ``cls`` available to model YAMLs under its class name."""
     if cls.__name__ in MODULES and MODULES[cls.__name__] is not cls:
@@ -40,4 +48,4 @@ def get_module(name: str) -> type[nn.Module]:
         return MODULES[name]
     except KeyError:
         known = ", ".join(sorted(MODULES))
-        raise ValueError(f"unknown module '{name}' in model YAML; known modules: {known}") from None
+        raise ModelConfigError(f"unknown module '{name}' in model YAML; known modules: {known}") from None

@@ -19,11 +19,22 @@ from torch import nn
 
 import models.attention  # noqa: F401  (registers the attention blocks)
 import models.common  # noqa: F401  (registers the convolutional blocks)
-from models.detect import Detect
-from models.registry import get_module
+from models.head import Detect
+from models.registry import ModelConfigError, get_module
 
 MODEL_KEYS = {"nc", "scales", "scale", "depth_multiple", "width_multiple", "anchors", "backbone", "head"}
 SCALED_NAME = re.compile(r"^(yolov5)([nslmx])(.*)$")
+
+
+def _read_yaml(path: Path):
+    """yaml.safe_load; a syntax error becomes one ModelConfigError line naming file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ModelConfigError(f"{path}{line}: malformed model YAML: {e.problem or e.context}") from None
 
 
 def load_model_yaml(cfg: str | Path) -> dict:
@@ -34,15 +45,14 @@ def load_model_yaml(cfg: str | Path) -> dict:
         match = SCALED_NAME.match(path.stem)
         base = path.with_name(f"{match[1]}{match[3]}{path.suffix}") if match else None
         if base is None or not base.exists():
-            raise FileNotFoundError(f"model YAML not found: {cfg}")
+            raise ModelConfigError(f"model YAML not found: {cfg}")
         path, scale = base, match[2]
-    with open(path, encoding="utf-8") as f:
-        d = yaml.safe_load(f)
+    d = _read_yaml(path)
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: a model YAML must be a mapping")
+        raise ModelConfigError(f"{path}: a model YAML must be a mapping")
     unknown = set(d) - MODEL_KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown model key(s) {sorted(unknown)}; allowed: {sorted(MODEL_KEYS)}")
+        raise ModelConfigError(f"{path}: unknown model key(s) {sorted(unknown)}; allowed: {sorted(MODEL_KEYS)}")
     if scale is not None:
         d["scale"] = scale
     d["yaml_file"] = path.name if scale is None else f"{path.stem[:6]}{scale}{path.stem[6:]}{path.suffix}"
@@ -55,7 +65,7 @@ def _multiples(d: dict) -> tuple[float, float]:
     if scales:
         scale = d.get("scale") or next(iter(scales))
         if scale not in scales:
-            raise ValueError(f"scale '{scale}' not in the model's scales {list(scales)}")
+            raise ModelConfigError(f"scale '{scale}' not in the model's scales {list(scales)}")
         d["scale"] = scale
         return float(scales[scale][0]), float(scales[scale][1])
     return float(d.get("depth_multiple", 1.0)), float(d.get("width_multiple", 1.0))
@@ -74,7 +84,7 @@ def parse_model(d: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
     layers, save = [], set()
     for i, row in enumerate(d["backbone"] + d["head"]):
         if not (isinstance(row, list) and len(row) == 4):
-            raise ValueError(f"model row {i} must be [from, number, module, args], got {row}")
+            raise ModelConfigError(f"model row {i} must be [from, number, module, args], got {row}")
         f, n, name, args = row
         cls = get_module(name.removeprefix("nn."))
         args = [_resolve_arg(a, symbols) for a in (args or [])]
@@ -83,18 +93,26 @@ def parse_model(d: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
         n = max(round(n * gd), 1) if n > 1 else n
         c_in = [channels[j if j == -1 else j + 1] for j in f] if isinstance(f, list) else channels[f if f == -1 else f + 1]
         if cls.multi_input != isinstance(f, list):
-            raise ValueError(f"model row {i}: {name} takes {'a list of' if cls.multi_input else 'one'} input(s)")
-        if cls.repeat_arg:
-            m = cls(c_in, *args[:1], n, *args[1:])  # (c1, c2, n, ...) as in YOLOv5
-        else:
-            blocks = [cls(c_in, *args) for _ in range(n)]
-            m = blocks[0] if n == 1 else nn.Sequential(*blocks)
-            m.out_channels = blocks[-1].out_channels
+            raise ModelConfigError(f"model row {i}: {name} takes {'a list of' if cls.multi_input else 'one'} input(s)")
+        try:
+            m = _build_row(cls, c_in, n, args)
+        except (TypeError, ValueError) as e:  # wrong argument count or value in the row
+            raise ModelConfigError(f"model row {i} ({name} {args}): {e}") from None
         m.i, m.f, m.type = i, f, name
         save.update(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(m)
         channels.append(m.out_channels)
     return nn.Sequential(*layers), sorted(save)
+
+
+def _build_row(cls: type, c_in, n: int, args: list) -> nn.Module:
+    """Instantiate one YAML row: ``n`` stacked copies, or ``n`` passed as the repeat argument."""
+    if cls.repeat_arg:
+        return cls(c_in, *args[:1], n, *args[1:])  # (c1, c2, n, ...) as in YOLOv5
+    blocks = [cls(c_in, *args) for _ in range(n)]
+    m = blocks[0] if n == 1 else nn.Sequential(*blocks)
+    m.out_channels = blocks[-1].out_channels
+    return m
 
 
 class DetectionModel(nn.Module):
@@ -113,7 +131,7 @@ class DetectionModel(nn.Module):
         self.nc = self.yaml["nc"]
         detect = self.model[-1]
         if not isinstance(detect, Detect):
-            raise ValueError("the last row of a model YAML must be Detect")
+            raise ModelConfigError("the last row of a model YAML must be Detect")
         s = 256
         with torch.no_grad():
             self.eval()
@@ -147,13 +165,10 @@ class DetectionModel(nn.Module):
     def fuse(self) -> "DetectionModel":
         """Fold BatchNorm into the preceding conv of every Conv block (faster inference)."""
         from models.common import Conv
-        from utils.torch_utils import fuse_conv_and_bn
 
         for m in self.modules():
-            if isinstance(m, Conv) and hasattr(m, "bn"):
-                m.conv = fuse_conv_and_bn(m.conv, m.bn)
-                delattr(m, "bn")
-                m.forward = m.forward_fused
+            if isinstance(m, Conv):
+                m.fuse()
         return self
 
     def info(self, imgsz: int = 640, verbose: bool = False) -> str:

@@ -1,8 +1,10 @@
-"""Shared test fixtures: the repo root on sys.path, paths to shared data, a tiny model."""
+"""Shared test fixtures: the repository root and a thread count that suits a 2-core CI machine.
+
+The repository root is on sys.path through pytest's ``pythonpath`` setting (pyproject.toml).
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
 

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, random_perspective,
+from utils.data.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, random_perspective,
                            resize_long_side)
 from utils.boxes import xywh2xyxy
-from utils.dataset import YoloDataset
-from utils.mosaic import mixup, mosaic4, mosaic9
+from utils.data.dataset import YoloDataset
+from utils.data.mosaic import mixup, mosaic4, mosaic9
 
 WHITE, DARK = 200, 150  # thresholds: inside an object vs. anything else (black image or grey border)
 

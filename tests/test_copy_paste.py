@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.copy_paste import copy_paste_small
+from utils.data.copy_paste import copy_paste_small
 
 
 def scene(seed: int = 0):

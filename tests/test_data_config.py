@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.data_config import load_data_config
+from utils.data.config import load_data_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"

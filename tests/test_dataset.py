@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from utils.boxes import scale_boxes, xywh2xyxy
-from utils.data_config import load_data_config
-from utils.dataloader import build_dataloader
-from utils.dataset import YoloDataset
+from utils.data.config import load_data_config
+from utils.data.loader import build_dataloader
+from utils.data.dataset import YoloDataset
 from utils.hyp import load_hyp
-from utils.label_cache import cache_path, img2label_paths, load_labels
+from utils.data.label_cache import cache_path, img2label_paths, load_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

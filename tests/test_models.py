@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 
+from models.registry import ModelConfigError
 from models.yolo import build_model, load_model_yaml
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -69,7 +70,7 @@ def test_unknown_key_and_module_are_errors(tmp_path):
     d2["head"][0][2] = "NoSuchBlock"
     with pytest.raises(ValueError, match="NoSuchBlock"):
         build_model(d2, nc=1)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelConfigError, match="not found"):
         load_model_yaml(MODEL_DIR / "yolov9q.yaml")
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils.augment import letterbox
+from utils.data.augment import letterbox
 from utils.slicing import greedy_nmm, merge_detections, predict_image, sliced_predict, tile_coordinates
 from utils.tta import TTA_PASSES
 

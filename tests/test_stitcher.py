@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.stitcher import PAD_VALUE, StitchingLoader, stitch
+from utils.data.stitcher import PAD_VALUE, StitchingLoader, stitch
 
 H, W, B = 32, 48, 2
 

@@ -12,7 +12,9 @@ from utils.engine import _multi_scale
 from utils.optim import build_optimizer, lr_lambda, resolve_auto_optimizer, warmup_step
 from utils.results_log import ResultsLog
 from utils.torch_utils import ModelEMA, select_device
-from utils.train_setup import build_train_model, find_resume_checkpoint, freeze_layers
+from utils.checkpoint import build_train_model
+from utils.optim import freeze_layers
+from utils.run_dir import find_resume_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import torch
 
+from utils.errors import CheckpointError, ConfigError
+
 REQUIRED_KEYS = ("task", "model_cfg", "model", "names")
-
-
-class CheckpointError(Exception):
-    """A weights file that is missing, unreadable, or not a detection checkpoint of this project."""
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:
@@ -58,14 +56,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model stored in a checkpoint. Returns (DetectionModel in eval mode, ckpt dict)."""
+def build_model_checked(cfg, nc: int | None = None):
+    """models.yolo.build_model with model-YAML errors turned into this project's ConfigError."""
+    from models.registry import ModelConfigError
     from models.yolo import build_model
 
+    try:
+        return build_model(cfg, nc=nc)
+    except ModelConfigError as e:
+        raise ConfigError(str(e)) from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model stored in a checkpoint. Returns (DetectionModel in eval mode, ckpt dict)."""
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["model_cfg"], nc=ckpt["nc"] if "nc" in ckpt else None)
+    model = build_model_checked(ckpt["model_cfg"], nc=ckpt["nc"] if "nc" in ckpt else None)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the stored model graph: {str(e)[:200]}") from None
     return model.float().to(device).eval(), ckpt
+
+
+def build_train_model(cfg: str, weights: str, nc: int):
+    """A model from ``cfg`` for ``nc`` classes, initialised from ``weights`` where shapes match.
+
+    With weights and no cfg the checkpoint's own graph is used. Layers whose shapes differ
+    (e.g. the Detect convs for another class count) keep their fresh initialisation.
+    """
+    if not weights:
+        return build_model_checked(cfg, nc=nc)
+    ckpt = load_checkpoint(weights)
+    model = build_model_checked(cfg or ckpt["model_cfg"], nc=nc)
+    own = model.state_dict()
+    src = ckpt.get("train_model") or ckpt["model"]
+    matched = {k: v for k, v in src.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(matched, strict=False)
+    print(f"transferred {len(matched)}/{len(own)} tensors from {weights}")
+    return model

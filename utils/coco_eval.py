@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import CocoFormatError, ConfigError
+
 MAX_AREA = 1e5**2  # pycocotools' upper bound for "all" and "large"
 COCO_RANGES: dict[str, tuple[float, float]] = {
     "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, MAX_AREA)}
@@ -34,30 +36,26 @@ _LIB_KEYS = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small"
 DEFAULT_AREA_RANGES = ("tiny=0,16",)  # val.py default: tiny objects, side below 16 px
 
 
-class CocoFormatError(ValueError):
-    """A ground-truth or results file that is not usable COCO; the message names the file."""
-
-
 def parse_area_ranges(specs: Iterable[str]) -> dict[str, tuple[float, float]]:
     """Parse ``name=lo,hi`` items (box side lengths in pixels; ``hi`` may be ``inf``) into areas.
 
     ``['tiny=0,16']`` -> ``{'tiny': (0.0, 256.0)}``. Names must be identifiers and must not
-    shadow ``all``, ``small``, ``medium`` or ``large``. Raises ValueError on a bad item.
+    shadow ``all``, ``small``, ``medium`` or ``large``. Raises ConfigError on a bad item.
     """
     out: dict[str, tuple[float, float]] = {}
     for spec in specs:
         m = re.fullmatch(r"([A-Za-z_]\w*)=([^,]+),([^,]+)", spec.strip())
         if not m:
-            raise ValueError(f"bad --area-ranges item '{spec}': expected NAME=MIN,MAX (side in pixels), e.g. tiny=0,16")
+            raise ConfigError(f"bad --area-ranges item '{spec}': expected NAME=MIN,MAX (side in pixels), e.g. tiny=0,16")
         name = m.group(1)
         try:
             lo, hi = float(m.group(2)), float(m.group(3))
         except ValueError:
-            raise ValueError(f"bad --area-ranges item '{spec}': MIN and MAX must be numbers") from None
+            raise ConfigError(f"bad --area-ranges item '{spec}': MIN and MAX must be numbers") from None
         if name in ("all", *COCO_RANGES) or name in out:
-            raise ValueError(f"bad --area-ranges item '{spec}': name '{name}' is reserved or repeated")
+            raise ConfigError(f"bad --area-ranges item '{spec}': name '{name}' is reserved or repeated")
         if not 0 <= lo < hi:
-            raise ValueError(f"bad --area-ranges item '{spec}': need 0 <= MIN < MAX")
+            raise ConfigError(f"bad --area-ranges item '{spec}': need 0 <= MIN < MAX")
         out[name] = (lo * lo, min(hi * hi, MAX_AREA))
     return out
 
@@ -208,7 +206,7 @@ class CocoEvaluator:
         self.area_ranges = dict(area_ranges or {})
         self.cat_ids = sorted(int(c["id"]) for c in gt["categories"])
         if nc is not None and nc != len(self.cat_ids):
-            raise ValueError(f"the model has {nc} classes but the COCO ground truth has {len(self.cat_ids)} categories")
+            raise CocoFormatError(f"the model has {nc} classes but the COCO ground truth has {len(self.cat_ids)} categories")
         identity = self.cat_ids == list(range(len(self.cat_ids)))
         self.mapping_note = "" if identity else (
             f"COCO category ids are not 0..{len(self.cat_ids) - 1}: class index i is the i-th "
@@ -219,10 +217,10 @@ class CocoEvaluator:
         self.seen_ids: set[int] = set()
 
     def image_id(self, file: str | Path) -> int:
-        """GT image id of an image file, matched by file name. Raises ValueError if absent."""
+        """GT image id of an image file, matched by file name. Raises CocoFormatError if absent."""
         name = Path(file).name
         if name not in self._file_ids:
-            raise ValueError(f"image {name} is not in the COCO ground truth")
+            raise CocoFormatError(f"image {name} is not in the COCO ground truth")
         return self._file_ids[name]
 
     def add(self, image_id: int, boxes_xyxy: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray,
@@ -287,7 +285,7 @@ class CocoEvaluator:
             unknown = ~np.isin(rows[:, 0].astype(np.int64), gt_ids)
             if unknown.any():
                 bad = int(rows[unknown, 0][0])
-                raise ValueError(f"detections refer to image id {bad}, which is not in the ground truth")
+                raise CocoFormatError(f"detections refer to image id {bad}, which is not in the ground truth")
             cols = (rows[:, 0].astype(np.int64).tolist(), rows[:, 6].astype(np.int64).tolist(),
                     rows[:, 1:5].tolist(), rows[:, 5].tolist(), (rows[:, 3] * rows[:, 4]).tolist())
             anns = [{"id": k, "image_id": i, "category_id": c, "bbox": b, "score": sc, "area": a, "iscrowd": 0}

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.errors import TrainingError
 from utils.optim import warmup_step
 
 
@@ -68,7 +69,7 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, ctx: Ep
             preds = model(imgs)
             loss, items, extras = compute_loss(preds, targets.to(ctx.device))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {ctx.epoch}, batch {i}; lower lr0 or check labels")
+            raise TrainingError(f"loss is {loss.item()} at epoch {ctx.epoch}, batch {i}; lower lr0 or check labels")
         scaler.scale(loss).backward()
         if ni - ctx.last_opt_step >= accumulate:
             scaler.unscale_(optimizer)
@@ -88,7 +89,7 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, ctx: Ep
         if ctx.on_batch is not None:
             ctx.on_batch(ni, imgs, targets, paths)
     if i < 0:
-        raise RuntimeError("the training loader produced no batches; check the train split")
+        raise TrainingError("the training loader produced no batches; check the train split")
     return {"train/box_loss": float(mloss[0]), "train/obj_loss": float(mloss[1]),
             "train/cls_loss": float(mloss[2]), "fdl/ratio": fdl_ratio, "fdl/gain": fdl_gain,
             "stitch/fraction": float(getattr(loader, "stitched_fraction", 0.0))}

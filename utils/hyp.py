@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from utils.errors import ConfigError, MissingFileError, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch.yaml"
 
 
 def _read_yaml(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        d = yaml.safe_load(f) or {}
+    d = read_yaml(path, "hyperparameter file") or {}
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: a hyperparameter file must be a mapping of key: value")
+        raise ConfigError(f"{path}: a hyperparameter file must be a mapping of key: value")
     return d
 
 
@@ -24,13 +23,13 @@ def resolve_hyp_path(path: str | Path) -> Path:
     for candidate in (p, ROOT / p, ROOT / "data" / "hyps" / p.name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"hyperparameter file not found: {path}")
+    raise MissingFileError(f"hyperparameter file not found: {path}")
 
 
 def load_hyp(path: str | Path | None = None) -> dict:
     """Load a hyp YAML. Keys missing from it take the values of data/hyps/hyp.scratch.yaml.
 
-    Raises ValueError naming the key and the file for a key the project does not know, or a
+    Raises ConfigError naming the key and the file for a key the project does not know, or a
     value that is not a number.
     """
     defaults = _read_yaml(DEFAULT_HYP)
@@ -40,8 +39,8 @@ def load_hyp(path: str | Path | None = None) -> dict:
     hyp = _read_yaml(path)
     unknown = sorted(set(hyp) - set(defaults))
     if unknown:
-        raise ValueError(f"{path}: unknown hyperparameter(s) {unknown}; known keys are listed in {DEFAULT_HYP.name}")
+        raise ConfigError(f"{path}: unknown hyperparameter(s) {unknown}; known keys are listed in {DEFAULT_HYP.name}")
     for k, v in hyp.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{path}: hyperparameter '{k}' must be a number, got {v!r}")
+            raise ConfigError(f"{path}: hyperparameter '{k}' must be a number, got {v!r}")
     return {**defaults, **hyp}

@@ -6,6 +6,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from utils.boxes import xywh2xyxy
+from utils.errors import ConfigError
 
 
 
@@ -19,7 +20,7 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres:
     [x1, y1, x2, y2, conf, cls] sorted by confidence, at most ``max_det`` rows.
     """
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
-        raise ValueError(f"conf_thres {conf_thres} and iou_thres {iou_thres} must be within [0, 1]")
+        raise ConfigError(f"conf_thres {conf_thres} and iou_thres {iou_thres} must be within [0, 1]")
     out = []
     for x in pred:
         x = x[x[:, 4] > conf_thres]

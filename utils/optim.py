@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from utils.errors import ConfigError
 
 OPTIMIZERS = ("auto", "SGD", "Adam", "AdamW")
 
@@ -49,7 +50,7 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
     elif name == "AdamW":
         opt = torch.optim.AdamW(g_norm, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
-        raise ValueError(f"unknown optimizer '{name}'; choose one of {OPTIMIZERS}")
+        raise ConfigError(f"unknown optimizer '{name}'; choose one of {OPTIMIZERS}")
     opt.add_param_group({"params": g_weight, "weight_decay": weight_decay})
     opt.add_param_group({"params": g_bias, "weight_decay": 0.0})
     return opt
@@ -79,3 +80,18 @@ def warmup_step(optimizer, ni: int, nw: int, epoch: int, lf, hyp: dict, nbs: int
         if "momentum" in g:
             g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
     return accumulate
+
+
+def freeze_layers(model: torch.nn.Module, freeze: list[int]) -> int:
+    """Freeze parameters of graph rows: ``[10]`` = the first 10 rows, ``[0, 1, 2]`` = those rows.
+
+    Returns the number of frozen parameter tensors.
+    """
+    rows = list(range(freeze[0])) if len(freeze) == 1 else freeze
+    prefixes = tuple(f"model.{r}." for r in rows)
+    n = 0
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+            n += 1
+    return n

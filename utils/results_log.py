@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from utils.errors import ConfigError
 
 
 class ResultsLog:
@@ -18,7 +19,7 @@ class ResultsLog:
             with open(self.path, newline="") as f:
                 header = next(csv.reader(f), None)
             if header is not None and header != list(row):
-                raise ValueError(f"{self.path}: columns changed; expected {header}")
+                raise ConfigError(f"{self.path}: columns changed; expected {header}")
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
             if new:

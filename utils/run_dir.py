@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from utils.errors import CheckpointError
+
 
 def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = True) -> Path:
     """Return ``path`` or, when it exists, the first free ``path{N}`` with N >= 2.
@@ -29,3 +31,16 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = True)
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def find_resume_checkpoint(resume: str | bool, project: Path) -> Path:
+    """The checkpoint to resume: a given path, or the newest runs/train/*/weights/last.pt."""
+    if isinstance(resume, str) and resume not in ("", "True"):
+        path = Path(resume)
+        if not path.is_file():
+            raise CheckpointError(f"--resume checkpoint not found: {path}")
+        return path
+    candidates = sorted(Path(project).glob("*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"--resume: no last.pt found under {project}/*/weights/")
+    return candidates[-1]

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
-from utils.augment import letterbox
+from utils.data.augment import letterbox
 from utils.boxes import clip_boxes, scale_boxes
 from utils.nms import non_max_suppression
 from utils.torch_utils import time_sync
 from utils.tta import tta_predict
+from utils.errors import ConfigError
 
 MERGE_MODES = ("nms", "nmm")
 MATCH_METRICS = ("ios", "iou")
@@ -37,9 +38,9 @@ def tile_coordinates(img_w: int, img_h: int, slice_size: int, overlap: float) ->
     Order: row by row, left to right.
     """
     if slice_size < 1:
-        raise ValueError(f"slice size must be a positive number of pixels, got {slice_size}")
+        raise ConfigError(f"slice size must be a positive number of pixels, got {slice_size}")
     if not 0 <= overlap < 1:
-        raise ValueError(f"slice overlap must be in [0, 1), got {overlap}")
+        raise ConfigError(f"slice overlap must be in [0, 1), got {overlap}")
     step = max(int(slice_size * (1 - overlap)), 1)
 
     def starts(length: int) -> list[int]:
@@ -120,7 +121,7 @@ def greedy_nmm(det: torch.Tensor, match_thres: float = 0.5, match_metric: str = 
     against the kept box as first seen, one pass (SAHI's greedy NMM). Returns (m, 6), m <= n.
     """
     if match_metric not in MATCH_METRICS:
-        raise ValueError(f"match metric must be one of {MATCH_METRICS}, got '{match_metric}'")
+        raise ConfigError(f"match metric must be one of {MATCH_METRICS}, got '{match_metric}'")
     if det.shape[0] < 2:
         return det
     order = det[:, 4].argsort(descending=True)
@@ -151,7 +152,7 @@ def merge_detections(det: torch.Tensor, merge: str = "nms", iou_thres: float = 0
     ``match_metric`` at threshold ``iou_thres``. Returns (m, 6) sorted by confidence.
     """
     if merge not in MERGE_MODES:
-        raise ValueError(f"merge must be one of {MERGE_MODES}, got '{merge}'")
+        raise ConfigError(f"merge must be one of {MERGE_MODES}, got '{merge}'")
     if det.shape[0] == 0:
         return det
     if merge == "nmm":
@@ -211,7 +212,7 @@ def sliced_predict(model: nn.Module, img_bgr: np.ndarray, slice_size: int, overl
         (n, 6) ``[x1, y1, x2, y2, conf, cls]`` in frame pixels, n <= max_det, by confidence.
     """
     if merge not in MERGE_MODES:
-        raise ValueError(f"merge must be one of {MERGE_MODES}, got '{merge}'")
+        raise ConfigError(f"merge must be one of {MERGE_MODES}, got '{merge}'")
     h, w = img_bgr.shape[:2]
     tiles = tile_coordinates(w, h, slice_size, overlap)
     nms_args = dict(conf_thres=conf_thres, iou_thres=iou_thres, classes=classes, agnostic=agnostic,

@@ -19,6 +19,8 @@ from typing import Iterator, NamedTuple
 import cv2
 import numpy as np
 
+from utils.errors import SourceError
+
 LOGGER = logging.getLogger(__name__)
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
@@ -26,10 +28,6 @@ VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 STREAM_TIMEOUT_MS = 10000  # give up on a stream URL that does not answer within 10 s
 MAX_BAD_FRAMES = 30  # consecutive undecodable frames after which a video is treated as ended
-
-
-class SourceError(Exception):
-    """An input that cannot be read; the message is one line meant for the user."""
 
 
 @dataclass(frozen=True)

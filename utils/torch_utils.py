@@ -1,4 +1,4 @@
-"""Small PyTorch helpers: device selection, seeding, EMA of weights, conv+BN fusion, timing."""
+"""Small PyTorch helpers: device selection, seeding, EMA of weights, timing."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.errors import ConfigError
+
 
 def select_device(device: str = "") -> torch.device:
-    """'' (CUDA if available else CPU), 'cpu', '0' or 'cuda:0'. Raises ValueError when unavailable."""
+    """'' (CUDA if available else CPU), 'cpu', '0' or 'cuda:0'. Raises ConfigError when unavailable."""
     device = str(device).strip().lower().replace("cuda:", "")
     if device in ("", "auto"):
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -24,9 +26,9 @@ def select_device(device: str = "") -> torch.device:
         return torch.device("mps")
     first = device.split(",")[0]
     if not first.isdigit():
-        raise ValueError(f"invalid --device '{device}': use '', 'cpu', or a CUDA index such as 0")
+        raise ConfigError(f"invalid --device '{device}': use '', 'cpu', or a CUDA index such as 0")
     if not torch.cuda.is_available() or int(first) >= torch.cuda.device_count():
-        raise ValueError(f"--device {device} requested but CUDA device {first} is not available; use --device cpu")
+        raise ConfigError(f"--device {device} requested but CUDA device {first} is not available; use --device cpu")
     return torch.device(f"cuda:{first}")
 
 
@@ -46,18 +48,6 @@ def time_sync() -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.time()
-
-
-@torch.no_grad()
-def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """Return a Conv2d with bias equivalent to conv followed by bn in eval mode."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation, conv.groups, bias=True).to(conv.weight.device)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
-    return fused.requires_grad_(False)
 
 
 class ModelEMA:

@@ -18,9 +18,10 @@ import yaml
 
 from utils.autoanchor import check_anchors, label_wh_px
 from utils.checkpoint import save_checkpoint
-from utils.data_config import load_data_config
-from utils.dataloader import build_dataloader
+from utils.data.config import load_data_config
+from utils.data.loader import build_dataloader
 from utils.engine import EpochContext, train_one_epoch
+from utils.errors import ConfigError, DatasetError, LabelError
 from utils.hyp import load_hyp
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.metrics import fitness
@@ -28,9 +29,10 @@ from utils.optim import build_optimizer, lr_lambda, resolve_auto_optimizer
 from utils.plots import plot_labels, plot_train_batch
 from utils.results_log import ResultsLog
 from utils.results_plot import plot_results
-from utils.stitcher import StitchingLoader
+from utils.data.stitcher import StitchingLoader
 from utils.torch_utils import ModelEMA, init_seeds, select_device
-from utils.train_setup import build_train_model, freeze_layers
+from utils.checkpoint import build_model_checked, build_train_model
+from utils.optim import freeze_layers
 
 METRIC_KEYS = ("P", "R", "mAP50", "mAP50-95", "AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -48,9 +50,7 @@ class Trainer:
         self.hyp = resume_ckpt["hyp"] if resume_ckpt else load_hyp(args.hyp)
         self.names, nc = self.data["names"], self.data["nc"]
         if resume_ckpt:
-            from models.yolo import build_model
-
-            self.model = build_model(resume_ckpt["model_cfg"], nc=nc)
+            self.model = build_model_checked(resume_ckpt["model_cfg"], nc=nc)
             self.model.load_state_dict(resume_ckpt["train_model"])
         else:
             self.model = build_train_model(args.cfg, args.weights, nc)
@@ -59,7 +59,7 @@ class Trainer:
             print(f"froze {freeze_layers(self.model, args.freeze)} parameter tensors")
         self.grid = max(int(self.model.stride.max()), 32)
         if args.imgsz % self.grid:
-            raise ValueError(f"--imgsz {args.imgsz} must be a multiple of the largest stride {self.grid}")
+            raise ConfigError(f"--imgsz {args.imgsz} must be a multiple of the largest stride {self.grid}")
         self._build_data()
         self._build_optimization(resume_ckpt)
         if not resume_ckpt:
@@ -69,7 +69,7 @@ class Trainer:
     def _build_data(self) -> None:
         a, hyp = self.args, self.hyp
         if not self.data.get("train") or not self.data.get("val"):
-            raise ValueError(f"{a.data}: the dataset YAML needs non-empty 'train' and 'val' splits")
+            raise DatasetError(f"{a.data}: the dataset YAML needs non-empty 'train' and 'val' splits")
         self.train_loader, self.train_ds = build_dataloader(
             self.data["train"], a.imgsz, a.batch_size, self.grid, hyp, augment=True, workers=a.workers,
             shuffle=True, cache=a.cache, seed=a.seed, prefix="train: ")
@@ -79,7 +79,7 @@ class Trainer:
         labels = [lb for lb in self.train_ds.labels if len(lb)]
         max_cls = int(max((lb[:, 0].max() for lb in labels), default=0))
         if max_cls >= self.data["nc"]:
-            raise ValueError(f"{a.data}: label class {max_cls} exceeds nc={self.data['nc']}")
+            raise LabelError(f"{a.data}: label class {max_cls} exceeds nc={self.data['nc']}")
         self.loader = StitchingLoader(self.train_loader, hyp["stitch_tau"])
 
     def _build_optimization(self, ckpt: dict | None) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.augment import PAD_VALUE
+from utils.data.augment import PAD_VALUE
 
 TTA_PASSES = ((1.0, False), (1.0, True), (0.83, False), (0.67, False))  # (scale, left-right flip)
 

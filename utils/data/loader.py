@@ -19,7 +19,8 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from utils.dataset import YoloDataset
+from utils.data.dataset import YoloDataset
+from utils.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def build_dataloader(img_files: list[str], imgsz: int, batch_size: int, stride: 
     only when CUDA is available. Returns (loader, dataset).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     dataset = YoloDataset(img_files, imgsz=imgsz, augment=augment, hyp=hyp, rect=rect, batch_size=batch_size,
                           stride=stride, cache=cache, pad=0.0, prefix=prefix)
     dataset.reseed(seed)

@@ -27,15 +27,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.errors import LabelError
+
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
 COORD_TOL = 0.01  # normalized coordinates may exceed [0, 1] by this much (rounding in converters)
 MIN_IMAGE_SIDE = 10  # pixels; smaller "images" are almost always broken files
 MAX_LISTED_WARNINGS = 10
-
-
-class LabelError(ValueError):
-    """A label file or image that cannot be used; the message says why."""
 
 
 @dataclass

@@ -20,13 +20,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
+from utils.errors import DatasetError, MissingFileError, read_yaml
 
 IMG_FORMATS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what cv2.imread reads
 SPLITS = ("train", "val", "test")
 JSON_KEYS = ("train_json", "val_json", "test_json")
 ALLOWED_KEYS = frozenset({"path", "names", "nc", "download", *SPLITS, *JSON_KEYS})
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve_data_yaml(path: str | Path) -> Path:
@@ -40,7 +40,7 @@ def resolve_data_yaml(path: str | Path) -> Path:
     for c in candidates:
         if c.is_file():
             return Path(os.path.abspath(c))
-    raise FileNotFoundError(f"dataset YAML '{path}' not found (also looked in {REPO_ROOT / 'data'})")
+    raise MissingFileError(f"dataset YAML '{path}' not found (also looked in {REPO_ROOT / 'data'})")
 
 
 def _parse_names(names: Any, nc: Any, yaml_file: Path) -> list[str]:
@@ -49,16 +49,16 @@ def _parse_names(names: Any, nc: Any, yaml_file: Path) -> list[str]:
         try:
             ids = sorted(int(k) for k in names)
         except (TypeError, ValueError):
-            raise ValueError(f"'names' keys must be integer class ids in {yaml_file}") from None
+            raise DatasetError(f"'names' keys must be integer class ids in {yaml_file}") from None
         if ids != list(range(len(ids))):
-            raise ValueError(f"'names' ids must be 0..{len(ids) - 1} without gaps in {yaml_file}, got {ids}")
+            raise DatasetError(f"'names' ids must be 0..{len(ids) - 1} without gaps in {yaml_file}, got {ids}")
         by_id = {int(k): v for k, v in names.items()}
         names = [by_id[i] for i in ids]
     if not isinstance(names, list) or not names:
-        raise ValueError(f"'names' must be a non-empty list or {{id: name}} dict in {yaml_file}")
+        raise DatasetError(f"'names' must be a non-empty list or {{id: name}} dict in {yaml_file}")
     names = [str(n) for n in names]
     if nc is not None and (not isinstance(nc, int) or nc != len(names)):
-        raise ValueError(f"'nc: {nc}' does not match the {len(names)} entries of 'names' in {yaml_file}")
+        raise DatasetError(f"'nc: {nc}' does not match the {len(names)} entries of 'names' in {yaml_file}")
     return names
 
 
@@ -88,7 +88,7 @@ def resolve_split(spec: Any, root: Path, split: str, yaml_file: Path) -> list[st
     files: list[Path] = []
     for s in specs:
         if not isinstance(s, str) or not s:
-            raise ValueError(f"'{split}' entries must be paths (strings) in {yaml_file}, got {s!r}")
+            raise DatasetError(f"'{split}' entries must be paths (strings) in {yaml_file}, got {s!r}")
         p = Path(s) if Path(s).is_absolute() else root / s
         if p.is_dir():
             files += _images_in_folder(p)
@@ -97,10 +97,10 @@ def resolve_split(spec: Any, root: Path, split: str, yaml_file: Path) -> list[st
         elif p.is_file() and p.suffix.lower() in IMG_FORMATS:
             files.append(p)
         else:
-            raise FileNotFoundError(f"'{split}' path {p} (from {yaml_file}) does not exist")
+            raise MissingFileError(f"'{split}' path {p} (from {yaml_file}) does not exist")
     files = [f for f in files if f.suffix.lower() in IMG_FORMATS]
     if not files:
-        raise FileNotFoundError(f"'{split}' in {yaml_file} contains no images ({', '.join(map(str, specs))})")
+        raise MissingFileError(f"'{split}' in {yaml_file} contains no images ({', '.join(map(str, specs))})")
     # Unique and sorted so that the order (and the seeded sampling built on it) is reproducible.
     return sorted({os.path.abspath(f) for f in files})
 
@@ -111,26 +111,26 @@ def load_data_config(path: str | Path) -> dict[str, Any]:
     Returns a dict with keys: ``path`` (Path, dataset root), ``train`` / ``val`` / ``test``
     (list[str] of image files, or None when absent), ``names`` (list[str]), ``nc`` (int),
     ``train_json`` / ``val_json`` / ``test_json`` (Path, only when given) and ``yaml_file`` (Path).
-    Raises ValueError for unknown keys or malformed entries, FileNotFoundError for missing paths.
+    Raises DatasetError for unknown keys or malformed entries (YAML syntax: ConfigError with the
+    line), MissingFileError for missing paths.
     """
     yaml_file = resolve_data_yaml(path)
-    with open(yaml_file, encoding="utf-8") as f:
-        raw = yaml.safe_load(f)
+    raw = read_yaml(yaml_file, "dataset YAML")
     if not isinstance(raw, dict):
-        raise ValueError(f"dataset YAML {yaml_file} must be a mapping of keys to values")
+        raise DatasetError(f"dataset YAML {yaml_file} must be a mapping of keys to values")
     unknown = sorted(str(k) for k in raw if k not in ALLOWED_KEYS)
     if unknown:
         allowed = ", ".join(sorted(ALLOWED_KEYS))
-        raise ValueError(f"unknown key '{unknown[0]}' in dataset YAML {yaml_file} (allowed: {allowed})")
+        raise DatasetError(f"unknown key '{unknown[0]}' in dataset YAML {yaml_file} (allowed: {allowed})")
     for key in ("train", "val", "names"):
         if raw.get(key) in (None, "", []):
-            raise ValueError(f"dataset YAML {yaml_file} is missing '{key}'")
+            raise DatasetError(f"dataset YAML {yaml_file} is missing '{key}'")
 
     root = Path(raw.get("path") or ".")
     # abspath, not resolve: a symlinked images/ folder must keep its sibling labels/ folder.
     root = Path(os.path.abspath(root if root.is_absolute() else yaml_file.parent / root))
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset path {root} (from 'path' in {yaml_file}) does not exist")
+        raise MissingFileError(f"dataset path {root} (from 'path' in {yaml_file}) does not exist")
 
     names = _parse_names(raw["names"], raw.get("nc"), yaml_file)
     cfg: dict[str, Any] = {"path": root, "names": names, "nc": len(names), "yaml_file": yaml_file}
@@ -142,6 +142,6 @@ def load_data_config(path: str | Path) -> dict[str, Any]:
             p = Path(raw[key])
             p = p if p.is_absolute() else root / p
             if not p.is_file():
-                raise FileNotFoundError(f"'{key}' file {p} (from {yaml_file}) does not exist")
+                raise MissingFileError(f"'{key}' file {p} (from {yaml_file}) does not exist")
             cfg[key] = p
     return cfg

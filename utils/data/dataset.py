@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, rand_bool,
+from utils.data.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, rand_bool,
                            random_perspective, resize_long_side)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.copy_paste import copy_paste_small
-from utils.label_cache import load_labels
-from utils.mosaic import mixup, mosaic4, mosaic9
+from utils.data.copy_paste import copy_paste_small
+from utils.data.label_cache import load_labels
+from utils.data.mosaic import mixup, mosaic4, mosaic9
+from utils.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 SMALL_AREA = 32 * 32  # COCO "small", in original-image pixels
@@ -76,7 +77,7 @@ def small_object_indices(labels: list[np.ndarray], shapes_wh: np.ndarray, repeat
 def _check_repeats(value: Any) -> int:
     """hyp small_oversample must be an integer >= 1."""
     if isinstance(value, bool) or not float(value).is_integer() or value < 1:
-        raise ValueError(f"hyp 'small_oversample' must be an integer >= 1, got {value!r}")
+        raise ConfigError(f"hyp 'small_oversample' must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -92,7 +93,7 @@ class YoloDataset(Dataset):
                  hyp: dict[str, Any] | None = None, rect: bool = False, batch_size: int = 16,
                  stride: int = 32, cache: str | None = None, pad: float = 0.0, prefix: str = "") -> None:
         if cache not in (None, "ram"):
-            raise ValueError(f"cache must be None or 'ram', got {cache!r}")
+            raise ConfigError(f"cache must be None or 'ram', got {cache!r}")
         if augment and hyp is None:
             raise ValueError("augment=True needs a hyp dict (augmentation settings)")
         self.imgsz, self.augment, self.rect, self.stride, self.prefix = imgsz, augment, rect, stride, prefix

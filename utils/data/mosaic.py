@@ -1,6 +1,6 @@
 """Mosaic (4 and 9 images) and MixUp: combine several samples into one training image.
 
-All functions take and return :class:`utils.augment.Sample` (uint8 BGR image, xyxy pixel boxes,
+All functions take and return :class:`utils.data.augment.Sample` (uint8 BGR image, xyxy pixel boxes,
 int64 classes, optional polygons). Both mosaics build a 2s x 2s canvas for input size ``s``; the
 dataset then crops it back to s x s with ``random_perspective(border=(-s // 2, -s // 2))``.
 """
@@ -12,7 +12,7 @@ import math
 import cv2
 import numpy as np
 
-from utils.augment import PAD_VALUE, Sample
+from utils.data.augment import PAD_VALUE, Sample
 from utils.boxes import filter_boxes
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from utils.boxes import filter_boxes, xywh2xyxy, xyxy2xywh
+from utils.errors import ConfigError
 
 PAD_VALUE = 114  # YOLOv5 letterbox gray, used for padding and for empty tiles
 MIN_BOX_PX = 2.0  # boxes narrower or lower than this (output pixels) are dropped
@@ -120,7 +121,7 @@ def _stitch_targets(tgts: torch.Tensor, th: int, tw: int) -> torch.Tensor:
 class StitchingLoader:
     """Wrap a DataLoader; stitch 4 batches into one when the last feedback is below ``tau``.
 
-    The loader must yield ``(imgs, targets, paths, shapes)`` (see utils/dataloader.py). Iterating
+    The loader must yield ``(imgs, targets, paths, shapes)`` (see utils/data/loader.py). Iterating
     yields ``(imgs, targets, paths, shapes, stitched)``. After each iteration the training loop
     sets ``loader.feedback = r_t`` (the small-object share of the last box loss); the next item is
     stitched when ``feedback < tau``. ``tau = 0`` disables stitching. If fewer than 4 batches
@@ -134,7 +135,7 @@ class StitchingLoader:
 
     def __init__(self, loader: Iterable, tau: float) -> None:
         if tau < 0:
-            raise ValueError(f"stitch_tau must be >= 0, got {tau}")
+            raise ConfigError(f"stitch_tau must be >= 0, got {tau}")
         self.loader = loader
         self.tau = float(tau)
         self.feedback: float | None = None

@@ -1,0 +1,68 @@
+"""The project's error types: one base class for every error a user can fix.
+
+Entry scripts catch :class:`SodError` alone and print it as one line (exit code 1); any other
+exception is a bug and keeps its traceback. Each subclass also derives from the built-in type
+that describes it (ValueError, FileNotFoundError ...) so library callers can catch either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SodError(Exception):
+    """Base class of every user-facing error of this project."""
+
+
+class ConfigError(SodError, ValueError):
+    """A bad flag, flag combination, hyperparameter, model YAML or training config."""
+
+
+class DatasetError(SodError, ValueError):
+    """A dataset YAML, split or image folder that cannot be used."""
+
+
+class LabelError(DatasetError):
+    """Labels that cannot be trained on (e.g. most class ids outside the dataset's names)."""
+
+
+class CheckpointError(SodError, ValueError):
+    """A weights file that is missing, unreadable, or not a detection checkpoint of this project."""
+
+
+class SourceError(SodError, ValueError):
+    """A detect.py source (file, folder, glob, video, stream) that cannot be opened."""
+
+
+class CocoFormatError(SodError, ValueError):
+    """A COCO ground-truth or results JSON that is malformed or does not match its pair."""
+
+
+class TrainingError(SodError, RuntimeError):
+    """A run that has to stop: a non-finite loss, a loader with no batches."""
+
+
+class MissingFileError(SodError, FileNotFoundError):
+    """A file or folder named by the user that does not exist."""
+
+
+def read_yaml(path: str | Path, what: str = "YAML file"):
+    """``yaml.safe_load`` of ``path``; malformed YAML becomes a ConfigError naming file and line.
+
+    Args:
+        path: the file to read.
+        what: how the message calls the file ("dataset YAML", "hyperparameter file" ...).
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: malformed {what}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed {what}: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from None
