@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from utils.checkpoint import load_checkpoint
 from utils.errors import CheckpointError, SodError
 from utils.optim import OPTIMIZERS
-from utils.run_dir import increment_path
+from utils.run_dir import find_resume_checkpoint, increment_path
+from utils.train_config import TrainConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,32 +48,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _resume_args(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, Path]:
-    """Replace args by those of the run being resumed. Returns (args, checkpoint, last.pt path)."""
-    from utils.run_dir import find_resume_checkpoint
-
+def _resume(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
+    """The config and checkpoint of the run being resumed. Returns (config, checkpoint, last.pt path)."""
     path = find_resume_checkpoint(args.resume, Path(args.project))
     ckpt = load_checkpoint(path)
     if ckpt.get("train_model") is None or ckpt.get("epoch", -1) < 0:
         raise CheckpointError(f"{path} is from a finished run; nothing to resume (start a new run with --weights)")
-    resumed = argparse.Namespace(**ckpt["train_args"])
-    resumed.resume = str(path)
-    print(f"Resuming {path.parent.parent}: continuing from epoch {ckpt['epoch'] + 2}/{resumed.epochs}")
-    return resumed, ckpt, path
+    if not isinstance(ckpt.get("train_args"), dict):
+        raise CheckpointError(f"{path} holds no training config ('train_args'); it cannot be resumed")
+    config = TrainConfig.from_dict(ckpt["train_args"], source=path)
+    print(f"Resuming {path.parent.parent}: continuing from epoch {ckpt['epoch'] + 2}/{config.epochs}")
+    return config, ckpt, path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # library modules log through `logging` (label scan, image cache): show their INFO lines
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         from utils.trainer import Trainer
 
         ckpt = None
         if args.resume:
-            args, ckpt, last = _resume_args(args)
+            config, ckpt, last = _resume(args)
             save_dir = last.parent.parent
         else:
-            save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
-        trainer = Trainer(args, save_dir, resume_ckpt=ckpt)
+            config = TrainConfig.from_args(args)
+            save_dir = increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok)
+        trainer = Trainer(config, save_dir, resume_ckpt=ckpt)
         metrics = trainer.fit()
     except SodError as e:
         print(f"train.py: error: {e}", file=sys.stderr)

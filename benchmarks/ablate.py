@@ -22,6 +22,7 @@ import train
 from models.summary import count_gflops
 from models.yolo import build_model
 from utils.data.config import load_data_config
+from utils.train_config import TrainConfig
 from utils.trainer import Trainer
 
 DEFAULT_VARIANTS = ["models/yolov5n.yaml:hyp.scratch.yaml", "models/yolov5n-p2.yaml:hyp.scratch.yaml",
@@ -52,7 +53,7 @@ def run_variant(variant: str, a: argparse.Namespace, nc: int) -> dict:
             "--device", a.device, "--seed", str(a.seed), "--project", a.project, "--name", name, "--exist-ok"]
     args = train.parse_args(argv)
     t0 = time.time()
-    metrics = Trainer(args, Path(a.project) / name).fit()
+    metrics = Trainer(TrainConfig.from_args(args), Path(a.project) / name).fit()
     minutes = (time.time() - t0) / 60
     model = build_model(cfg, nc=nc)
     return {"variant": name, **{k: metrics.get(k, 0.0) for k in COLUMNS},

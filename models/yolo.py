@@ -20,8 +20,10 @@ from torch import nn
 import models.attention  # noqa: F401  (registers the attention blocks)
 import models.common  # noqa: F401  (registers the convolutional blocks)
 from models.head import Detect
+from models.head_decoupled import DecoupledDetect
 from models.registry import ModelConfigError, get_module
 
+HEADS = (Detect, DecoupledDetect)  # the detection heads a model YAML may end in
 MODEL_KEYS = {"nc", "scales", "scale", "depth_multiple", "width_multiple", "anchors", "backbone", "head"}
 SCALED_NAME = re.compile(r"^(yolov5)([nslmx])(.*)$")
 
@@ -116,10 +118,11 @@ def _build_row(cls: type, c_in, n: int, args: list) -> nn.Module:
 
 
 class DetectionModel(nn.Module):
-    """A YOLO graph built from a model YAML, ending in a :class:`Detect` head.
+    """A YOLO graph built from a model YAML, ending in a detection head (one of :data:`HEADS`).
 
-    forward(x): x float (B, 3, H, W) in [0, 1] -> list of raw (B, na, ny, nx, 5 + nc), one per level,
-    identical in train and eval mode. predict(x) -> (B, N, 5 + nc) decoded boxes (see Detect.decode).
+    forward(x): x float (B, 3, H, W) in [0, 1] -> list of raw level outputs, identical in train and
+    eval mode: (B, na, ny, nx, 5 + nc) for Detect, (B, 4 * reg_max + nc, ny, nx) for
+    DecoupledDetect. predict(x) -> (B, N, 5 + nc) decoded boxes (the same for both heads).
     """
 
     def __init__(self, cfg: str | Path | dict, nc: int | None = None, ch: int = 3):
@@ -130,8 +133,9 @@ class DetectionModel(nn.Module):
         self.model, self.save = parse_model(self.yaml, ch)
         self.nc = self.yaml["nc"]
         detect = self.model[-1]
-        if not isinstance(detect, Detect):
-            raise ModelConfigError("the last row of a model YAML must be Detect")
+        if not isinstance(detect, HEADS):
+            raise ModelConfigError("the last row of a model YAML must be a detection head: "
+                                   + " or ".join(h.__name__ for h in HEADS))
         s = 256
         with torch.no_grad():
             self.eval()
@@ -142,7 +146,7 @@ class DetectionModel(nn.Module):
         _init_weights(self)
 
     @property
-    def detect(self) -> Detect:
+    def detect(self) -> Detect | DecoupledDetect:
         return self.model[-1]
 
     @property

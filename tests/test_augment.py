@@ -13,6 +13,7 @@ from utils.data.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip
 from utils.boxes import xywh2xyxy
 from utils.data.dataset import YoloDataset
 from utils.data.mosaic import mixup, mosaic4, mosaic9
+from utils.data.polygon import clip_polygon
 
 WHITE, DARK = 200, 150  # thresholds: inside an object vs. anything else (black image or grey border)
 
@@ -192,3 +193,52 @@ def test_polygons_give_tighter_boxes_under_rotation():
         assert (a[0, :2] >= b[0, :2] - 1e-3).all() and (a[0, 2:] <= b[0, 2:] + 1e-3).all()  # inside
         tighter += (b[0, 2] - b[0, 0]) - (a[0, 2] - a[0, 0]) > 1
     assert tighter >= 3
+
+
+def shoelace(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def test_clip_polygon_hand_computed():
+    tri = np.array([[0, 0], [10, 0], [0, 10]], np.float32)
+    cut = clip_polygon(tri, (2, 2, 8, 8))  # the part with x + y <= 10: triangle (2, 2), (8, 2), (2, 8)
+    assert abs(shoelace(cut) - 18.0) < 1e-4
+    np.testing.assert_allclose([*cut.min(0), *cut.max(0)], [2, 2, 8, 8], atol=1e-5)
+    np.testing.assert_allclose(clip_polygon(tri, (-1, -1, 20, 20)), tri)  # inside: unchanged
+    assert clip_polygon(tri, (20, 20, 30, 30)).shape == (0, 2)  # outside: nothing left
+
+
+def white_extents(img: np.ndarray, min_area: int = 4) -> np.ndarray:
+    """Pixel xyxy extents (m, 4) of the white connected components of ``img``, edge-cut ones included."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats((img.max(2) > 127).astype(np.uint8))
+    return np.array([[x, y, x + w, y + h] for x, y, w, h, a in stats[1:] if a >= min_area], np.float32).reshape(-1, 4)
+
+
+def test_mosaic_clips_polygons_to_the_visible_tile():
+    """A triangle cut by the canvas edge gets the box of its visible part, not its clipped full box."""
+    tri = np.array([[1, 1], [62, 1], [1, 46]], np.float32)  # fills the top-left half of a 64 x 48 image
+    img = np.zeros((48, 64, 3), np.uint8)
+    cv2.fillPoly(img, [tri.astype(np.int32)], (255, 255, 255))
+    smp = Sample(img, np.array([[1, 1, 62, 46]], np.float32), np.array([0]), [tri])
+    cut = 0
+    for seed in range(6):
+        m = mosaic4([smp] * 4, 64, np.random.default_rng(seed))
+        ext = white_extents(m.img)
+        assert len(m.boxes) == len(ext) == len(m.segments)
+        for box in m.boxes:  # each box hugs one visible triangle part (fillPoly adds up to 1 px)
+            assert (np.abs(ext - box).max(1) <= 1.5).any(), f"seed {seed}: box {box} covers no visible part"
+        cut += int((np.abs((m.boxes[:, 2:] - m.boxes[:, :2]) - [61, 45]) > 3).any())
+    assert cut >= 2  # some triangles were really cut by the canvas edge
+
+
+def test_perspective_crop_clips_polygons_to_the_output():
+    diamond = np.array([[130, 26], [154, 50], [130, 74], [106, 50]], np.float32)
+    img = np.zeros((100, 160, 3), np.uint8)
+    cv2.fillPoly(img, [diamond.astype(np.int32)], (255, 255, 255))
+    smp = Sample(img, np.array([[106, 26, 154, 74]], np.float32), np.array([1]), [diamond])
+    out = random_perspective(smp, translate=0, scale=0, border=(-20, -40), rng=np.random.default_rng(0))
+    assert out.img.shape == (60, 80, 3)
+    # output = input - (40, 20); the diamond is cut at output x = 80 (input 120), where |y - 50| <= 14
+    np.testing.assert_allclose(out.boxes, [[66, 16, 80, 44]], atol=1e-4)
+    np.testing.assert_allclose(out.boxes[0], white_extents(out.img)[0], atol=1.5)

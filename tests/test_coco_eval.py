@@ -1,4 +1,9 @@
-"""COCO evaluation: agreement with pycocotools on real COCO ground truth, conversions, edge cases."""
+"""COCO evaluation: agreement with pycocotools on real COCO ground truth, conversions, edge cases.
+
+The ground truth is tests/fixtures/coco/instances_val2017_subset.json: 31 images and their boxes
+cut from COCO val2017 (all 80 categories, ids 1..90 with gaps; 5 crowd boxes; mask areas as
+published) by tests/fixtures/coco/make_fixture.py.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,7 @@ import torch
 from utils.coco_eval import (COCO_KEYS, CocoEvaluator, CocoFormatError, evaluate_files, format_coco_table,
                              load_coco_gt, load_coco_results, parse_area_ranges, yolo_labels_to_coco)
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-TINY_COCO_VAL = DATASETS / "tiny-coco" / "annotations" / "instances_val2017.json"
+COCO_GT = Path(__file__).resolve().parent / "fixtures" / "coco" / "instances_val2017_subset.json"
 
 
 def synthetic_detections(gt: dict, seed: int = 0) -> list[dict]:
@@ -71,59 +75,76 @@ def pycocotools_stats(gt: dict, dets: list[dict], extra: dict | None = None) -> 
 
 
 @pytest.fixture(scope="module")
-def tiny_coco_gt() -> dict:
-    return load_coco_gt(TINY_COCO_VAL)
+def coco_gt() -> dict:
+    return load_coco_gt(COCO_GT)
 
 
-def test_agrees_with_pycocotools_on_tiny_coco(tiny_coco_gt):
-    dets = synthetic_detections(tiny_coco_gt)
+def test_agrees_with_pycocotools_on_coco_subset(coco_gt):
+    dets = synthetic_detections(coco_gt)
     ranges = parse_area_ranges(["tiny=0,16"])
-    ev = CocoEvaluator(tiny_coco_gt, ranges)
+    ev = CocoEvaluator(coco_gt, ranges)
     ev.add_results(dets)
     ours = ev.summarize()
-    ref, ref_extra = pycocotools_stats(tiny_coco_gt, dets, ranges)
+    ref, ref_extra = pycocotools_stats(coco_gt, dets, ranges)
     assert 0.2 < ours["AP"] < 0.9  # a non-trivial case
+    for k in ("APs", "APm", "APl", "ARs", "ARm", "ARl"):  # every COCO size bin holds GT and hits
+        assert 0.05 < ours[k] < 0.95, k
     for k, v in zip(COCO_KEYS, ref):
         assert ours[k] == pytest.approx(v, abs=1e-3), k
     for k, v in ref_extra.items():
         assert ours[k] == pytest.approx(v, abs=1e-3), k
 
 
-def test_class_index_path_maps_sorted_category_ids(tiny_coco_gt):
-    dets = synthetic_detections(tiny_coco_gt, seed=1)
-    ev = CocoEvaluator(tiny_coco_gt, nc=80)
+def test_fixture_is_real_coco_shaped(coco_gt):
+    """The checks below rely on these properties of the cut: guard them against a re-cut."""
+    cat_ids = sorted(c["id"] for c in coco_gt["categories"])
+    assert len(cat_ids) == 80 and cat_ids[0] == 1 and cat_ids[-1] == 90  # ids with gaps
+    assert {"info", "licenses"} <= set(coco_gt)
+    assert sum(a["iscrowd"] for a in coco_gt["annotations"]) >= 1
+    assert all(v > 10 for v in CocoEvaluator(coco_gt).gt_counts().values())
+
+
+def test_class_index_path_maps_sorted_category_ids(coco_gt):
+    dets = synthetic_detections(coco_gt, seed=1)
+    ev = CocoEvaluator(coco_gt, nc=80)
     assert "sorted order" in ev.mapping_note  # COCO ids are 1..90 with gaps
-    cat_ids = sorted(c["id"] for c in tiny_coco_gt["categories"])
+    # independent of the evaluator: COCO's 80 ids are 1..90 minus these ten
+    cat_ids = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+    assert cat_ids == sorted(c["id"] for c in coco_gt["categories"])
     for img_id in {d["image_id"] for d in dets}:
         ds = [d for d in dets if d["image_id"] == img_id]
         xywh = torch.tensor([d["bbox"] for d in ds], dtype=torch.float64)
         xyxy = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1)
         cls = torch.tensor([cat_ids.index(d["category_id"]) for d in ds])
         ev.add(img_id, xyxy, torch.tensor([d["score"] for d in ds]), cls)
-    ref, _ = pycocotools_stats(tiny_coco_gt, dets)
+    ref, _ = pycocotools_stats(coco_gt, dets)
     ours = ev.summarize()
     assert [ours[k] for k in COCO_KEYS] == pytest.approx(ref.tolist(), abs=1e-3)
     assert {r["category_id"] for r in ev.results()} <= set(cat_ids)
+    last = CocoEvaluator(coco_gt, nc=80)
+    last.add(coco_gt["images"][0]["id"], torch.tensor([[0.0, 0.0, 5.0, 5.0]] * 3), torch.ones(3),
+             torch.tensor([0, 11, 79]))
+    assert [r["category_id"] for r in last.results()] == [1, 13, 90]  # index 11 skips the gap at 12
 
 
-def test_images_absent_from_predictions_count_as_missed(tiny_coco_gt):
-    dets = synthetic_detections(tiny_coco_gt, seed=2)
-    kept = {im["id"] for im in tiny_coco_gt["images"][:25]}
+def test_images_absent_from_predictions_count_as_missed(coco_gt):
+    dets = synthetic_detections(coco_gt, seed=2)
+    kept = {im["id"] for im in coco_gt["images"][:15]}
     dets = [d for d in dets if d["image_id"] in kept]
-    ev = CocoEvaluator(tiny_coco_gt)
+    ev = CocoEvaluator(coco_gt)
     ev.add_results(dets)
     ours = ev.summarize()
-    ref, _ = pycocotools_stats(tiny_coco_gt, dets)
+    ref, _ = pycocotools_stats(coco_gt, dets)
     assert [ours[k] for k in COCO_KEYS] == pytest.approx(ref.tolist(), abs=1e-3)
     # restricted to the images that were predicted on, the score is higher
     assert ev.summarize(img_ids=kept)["AR100"] > ours["AR100"] + 0.1
 
 
-def test_no_predictions_all_zero(tiny_coco_gt):
-    stats = CocoEvaluator(tiny_coco_gt, parse_area_ranges(["tiny=0,16"])).summarize()
+def test_no_predictions_all_zero(coco_gt):
+    stats = CocoEvaluator(coco_gt, parse_area_ranges(["tiny=0,16"])).summarize()
     assert set(stats) == {*COCO_KEYS, "AP_tiny", "AR_tiny"}
     assert all(v == 0.0 for v in stats.values())
-    assert all(v == 0.0 for v in CocoEvaluator(tiny_coco_gt).summarize(img_ids=[]).values())
+    assert all(v == 0.0 for v in CocoEvaluator(coco_gt).summarize(img_ids=[]).values())
 
 
 def test_empty_image_and_class_without_gt():
@@ -167,12 +188,12 @@ def test_parse_area_ranges():
             parse_area_ranges([bad])
 
 
-def test_results_file_round_trip_and_errors(tmp_path, tiny_coco_gt):
-    dets = synthetic_detections(tiny_coco_gt, seed=3)
-    ev = CocoEvaluator(tiny_coco_gt)
+def test_results_file_round_trip_and_errors(tmp_path, coco_gt):
+    dets = synthetic_detections(coco_gt, seed=3)
+    ev = CocoEvaluator(coco_gt)
     ev.add_results(dets)
     path = ev.save_json(tmp_path / "pred.json")
-    stats, ev2 = evaluate_files(TINY_COCO_VAL, path)
+    stats, ev2 = evaluate_files(COCO_GT, path)
     assert ev2.num_detections == len(dets)
     assert stats["AP"] == pytest.approx(ev.summarize()["AP"], abs=1e-3)  # 3-decimal rounding only
     table = format_coco_table(stats, ev2.gt_counts())
@@ -185,7 +206,7 @@ def test_results_file_round_trip_and_errors(tmp_path, tiny_coco_gt):
                             "not in the ground truth")):
         bad.write_text(content)
         with pytest.raises(CocoFormatError, match=match):
-            load_coco_results(bad, tiny_coco_gt)
+            load_coco_results(bad, coco_gt)
     with pytest.raises(CocoFormatError, match="not found"):
         load_coco_gt(tmp_path / "missing.json")
     bad.write_text(json.dumps({"images": []}))

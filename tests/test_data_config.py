@@ -106,7 +106,24 @@ def test_bare_name_resolves_in_repo_data(tmp_path: Path, monkeypatch: pytest.Mon
         assert cfg["names"] == ["Person", "Car", "Bicycle", "OtherVehicle"]
 
 
+def test_hit_uav_yaml_names_the_shared_dataset_and_fails_clearly_without_it(tmp_path: Path):
+    """The full-dataset YAML is relative to its own folder: a copy with nothing beside it says so in one error."""
+    import yaml
+
+    from utils.errors import MissingFileError
+
+    raw = yaml.safe_load((ROOT / "data" / "hit-uav.yaml").read_text())
+    assert (ROOT / "data" / raw["path"]).resolve() == SHARED.resolve() / "hit-uav"
+    copy = tmp_path / "repo" / "data" / "hit-uav.yaml"
+    copy.parent.mkdir(parents=True)
+    copy.write_text((ROOT / "data" / "hit-uav.yaml").read_text())
+    with pytest.raises(MissingFileError, match=r"dataset path .*shared/datasets/hit-uav .*does not exist"):
+        load_data_config(copy)
+
+
+@pytest.mark.skipif(not (SHARED / "hit-uav").is_dir(), reason="the full HIT-UAV copy is not beside the repository")
 def test_hit_uav_yaml_points_at_shared_dataset():
     cfg = load_data_config(ROOT / "data" / "hit-uav.yaml")
     assert cfg["path"] == SHARED / "hit-uav"
     assert len(cfg["train"]) == 800 and len(cfg["val"]) == 290
+    assert cfg["names"] == ["Person", "Car", "Bicycle", "OtherVehicle"]

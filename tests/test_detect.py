@@ -23,7 +23,7 @@ from utils.checkpoint import save_checkpoint
 from utils.run_dir import increment_path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SAMPLE_VAL = ROOT / "data" / "hit-uav-sample" / "images" / "val"
 VW, VH, VN, FPS = 160, 128, 8, 12.0
 
 
@@ -82,8 +82,8 @@ def test_video_from_command_line(tmp_path, weights):
 def test_images_folder_sliced_with_crops_and_json(tmp_path, weights, capsys):
     src = tmp_path / "imgs"
     src.mkdir()
-    for name in sorted(os.listdir(DATASETS / "hit-uav" / "images" / "val"))[:2]:
-        img = cv2.imread(str(DATASETS / "hit-uav" / "images" / "val" / name))
+    for name in sorted(os.listdir(SAMPLE_VAL))[:2]:
+        img = cv2.imread(str(SAMPLE_VAL / name))
         cv2.imwrite(str(src / name), cv2.resize(img, (200, 160)))
     (src / "readme.md").write_text("ignored")
     argv = ["--source", str(src), "--weights", str(weights), "--imgsz", "64", "--slice", "96",

@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,12 @@ def test_every_model_yaml_builds_runs_forward_and_backward(cfg):
     out = model(x)
     nl = model.detect.nl
     assert len(out) == nl
+    det = model.detect
     for o, s in zip(out, model.stride.tolist()):
-        assert o.shape == (2, model.detect.na, 64 // s, 96 // s, 8)
+        if hasattr(det, "na"):  # anchor head: (B, na, ny, nx, 5 + nc)
+            assert o.shape == (2, det.na, 64 // s, 96 // s, 8)
+        else:  # anchor-free decoupled head: (B, 4 * reg_max + nc, ny, nx)
+            assert o.shape == (2, 4 * det.reg_max + 3, 64 // s, 96 // s)
     sum(o.sum() for o in out).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -92,3 +97,44 @@ def test_info_reports_parameters_and_gflops():
     assert "parameters" in text and "GFLOPs" in text
     gflops = float(text.split("parameters, ")[1].split(" GFLOPs")[0])
     assert 3.5 < gflops < 5.5  # YOLOv5n is about 4.5 GFLOPs at 640
+
+
+README_ROW = re.compile(r"^\| (yolov5[\w-]*), nc=(\d+)[^|]*\| ([\d.]+) M \| ([\d.]+) \|$")
+
+
+def readme_model_rows() -> list[tuple[str, int, float, float]]:
+    """(model name, nc, params in M, GFLOPs at 640) of every row of README.md's model table."""
+    text = (MODEL_DIR.parent / "README.md").read_text(encoding="utf-8")
+    return [(m[1], int(m[2]), float(m[3]), float(m[4]))
+            for m in map(README_ROW.match, text.splitlines()) if m]
+
+
+def conv_gflops_hooked(model: torch.nn.Module) -> tuple[list, list[float]]:
+    """Forward hooks adding up 2 * multiply-adds of every Conv2d (the only layers with FLOPs here)."""
+    flops: list[float] = []
+
+    def hook(m, inputs, out):
+        flops.append(2.0 * out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return handles, flops
+
+
+def test_readme_table_has_rows():
+    rows = readme_model_rows()
+    assert len(rows) >= 5 and {r[0] for r in rows} >= {"yolov5n", "yolov5s", "yolov5n-p2", "yolov5s-p2"}
+
+
+@pytest.mark.parametrize("name,nc,params_m,gflops", readme_model_rows(),
+                         ids=[f"{r[0]}-nc{r[1]}" for r in readme_model_rows()])
+def test_readme_params_and_gflops(name, nc, params_m, gflops):
+    model = build_model(MODEL_DIR / f"{name}.yaml", nc=nc)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(n_params / 1e6 - params_m) <= 0.005 + 1e-9, f"{name}: {n_params / 1e6:.3f} M parameters"
+    handles, conv_flops = conv_gflops_hooked(model)
+    text = model.info(640)  # the README's command; its forward also runs the hooks
+    for h in handles:
+        h.remove()
+    reported = float(re.search(r"([\d.]+) GFLOPs", text)[1])
+    assert abs(reported - gflops) <= 0.05 + 1e-9, f"{name}: info() says {reported} GFLOPs"
+    assert abs(sum(conv_flops) / 1e9 - gflops) <= 0.05 + 1e-9, f"{name}: {sum(conv_flops) / 1e9:.2f} GFLOPs by hooks"

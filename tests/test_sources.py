@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from utils.data.config import load_data_config
 from utils.sources import SourceError, load_source, source_stem
 
 W, H = 96, 64
@@ -48,6 +49,24 @@ def test_image_folder_glob_and_list(tmp_path):
     lst.write_text(f"../b.png\n\n{a}\n")  # relative to the list's folder, and absolute
     assert [Path(i.path).name for i in load_source(lst)] == ["b.png", "a.jpg"]
     assert [i.kind for i in load_source(b)] == ["image"]
+
+
+def test_datasets_and_sources_accept_the_same_image_files(tmp_path):
+    """Inference and training read the same image extensions, in any letter case."""
+    folder = tmp_path / "ds" / "images" / "train"
+    folder.mkdir(parents=True)
+    write_image(folder / "a.JPG")
+    write_image(folder / "b.tif")
+    write_image(folder / "c.webp")
+    cv2.imwrite(str(folder / "d.pfm"), np.full((H, W, 3), 0.5, np.float32))
+    (folder / "e.mpo").write_bytes(cv2.imencode(".jpg", np.zeros((H, W, 3), np.uint8))[1].tobytes())  # JPEG inside
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "f.csv").write_text("1,2\n")
+    expected = ["a.JPG", "b.tif", "c.webp", "d.pfm", "e.mpo"]
+    assert [Path(i.path).name for i in load_source(folder)] == expected
+    yaml_file = tmp_path / "d.yaml"
+    yaml_file.write_text("path: ds\ntrain: images/train\nval: images/train\nnames: [x]\n")
+    assert [Path(f).name for f in load_data_config(yaml_file)["train"]] == expected
 
 
 def test_video_frames_and_stride(tmp_path):

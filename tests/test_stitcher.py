@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.data.stitcher import PAD_VALUE, StitchingLoader, stitch
+from utils.data.stitcher import StitchingLoader, stitch
+
+PAD_VALUE = 114  # the gray of letterbox padding and empty tiles (YOLOv5 convention)
 
 H, W, B = 32, 48, 2
 
@@ -71,7 +74,7 @@ def test_single_box_pixel_exact_and_tile_order():
 
 def test_small_boxes_dropped_and_batch_shape_kept():
     imgs = torch.zeros(2, 3, H, W, dtype=torch.uint8)
-    tg = torch.tensor([[0, 0, 0.5, 0.5, 3 / W, 10 / H],   # 1.5 px wide after halving -> dropped
+    tg = torch.tensor([[0, 0, 0.5, 0.5, 1 / W, 10 / H],   # 0.5 px wide after halving -> dropped
                        [1, 1, 0.5, 0.5, 4 / W, 4 / H]])   # 2 x 2 px -> kept
     out, t = stitch([(imgs, tg)] * 4)
     assert out.shape == (2, 3, H, W)
@@ -82,6 +85,23 @@ def test_small_boxes_dropped_and_batch_shape_kept():
     assert torch.allclose(t[:, 2:4] * torch.tensor([W, H]), torch.tensor([[36.0, 8.0], [36.0, 24.0]] * 2))
     empty = stitch([(imgs, torch.zeros(0, 6))] * 4)[1]
     assert empty.shape == (0, 6)
+
+
+@pytest.mark.parametrize("side, kept", [(3, True), (2, True), (1, False)])
+def test_box_that_still_covers_a_pixel_after_halving_is_kept(side: int, kept: bool):
+    """A side x side px box at (10, 10) becomes side/2 px: kept from 1 px up, dropped below."""
+    imgs = torch.zeros(1, 3, H, W, dtype=torch.uint8)
+    c = 10 + side / 2
+    tg = torch.tensor([[0, 5, c / W, c / H, side / W, side / H]])
+    _, t = stitch([(imgs, tg)] * 4)
+    assert len(t) == (4 if kept else 0)
+    if kept:
+        wh = t[:, 4:6] * torch.tensor([W, H])
+        assert torch.allclose(wh, torch.full((4, 2), side / 2))
+        # tile k of output 0 is offset by (k % 2) * W/2, (k // 2) * H/2; the centre halves with the box
+        cx = t[:, 2] * W - torch.tensor([0, W / 2, 0, W / 2])
+        cy = t[:, 3] * H - torch.tensor([0, 0, H / 2, H / 2])
+        assert torch.allclose(cx, torch.full((4,), c / 2)) and torch.allclose(cy, torch.full((4,), c / 2))
 
 
 def test_different_sizes_are_letterboxed_to_the_largest():

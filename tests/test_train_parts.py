@@ -2,19 +2,24 @@
 
 import math
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from models.yolo import build_model
-from utils.checkpoint import save_checkpoint
-from utils.engine import _multi_scale
-from utils.optim import build_optimizer, lr_lambda, resolve_auto_optimizer, warmup_step
+from utils.checkpoint import build_train_model, load_checkpoint, save_checkpoint
+from utils.optim import (Warmup, build_optimizer, build_scheduler, build_warmup, freeze_layers, lr_lambda,
+                         resolve_auto_optimizer, warmup_iterations, warmup_step)
 from utils.results_log import ResultsLog
-from utils.torch_utils import ModelEMA, select_device
-from utils.checkpoint import build_train_model
-from utils.optim import freeze_layers
 from utils.run_dir import find_resume_checkpoint
+from utils.torch_utils import ModelEMA, select_device
+from utils.train_config import TrainConfig
+from utils.trainer import Trainer
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "hit-uav-sample"
+HYP = {"warmup_bias_lr": 0.1, "warmup_momentum": 0.8, "momentum": 0.937}
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +53,68 @@ def test_lr_schedules_start_at_one_and_end_at_lrf():
     assert lr_lambda(100, 0.01, True)(25) > lr_lambda(100, 0.01, False)(25)  # cosine stays high longer
 
 
-def test_warmup_ramps_lr_momentum_and_accumulation(model):
-    hyp = {"warmup_bias_lr": 0.1, "warmup_momentum": 0.8, "momentum": 0.937}
-    opt = build_optimizer(model, "SGD", 0.01, 0.937, 5e-4)
+def _sgd_with_initial_lr(model, name="SGD", lr=0.01):
+    opt = build_optimizer(model, name, lr, 0.937, 5e-4)
     torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)  # sets initial_lr
-    assert warmup_step(opt, 0, 100, 0, lambda e: 1.0, hyp, 64, 16) == 1
+    return opt
+
+
+def test_warmup_ramps_lr_momentum_and_accumulation(model):
+    opt = _sgd_with_initial_lr(model)
+    warmup = build_warmup("SGD", HYP, iters=100, nbs=64, batch_size=16)
+    assert warmup_step(opt, 0, warmup, 1.0) == 1
     assert opt.param_groups[2]["lr"] == pytest.approx(0.1) and opt.param_groups[1]["lr"] == 0.0
     assert opt.param_groups[0]["momentum"] == pytest.approx(0.8)
-    assert warmup_step(opt, 100, 100, 0, lambda e: 1.0, hyp, 64, 16) == 4
+    assert warmup_step(opt, 50, warmup, 0.5) == 2  # halfway: accumulation 2.5 -> 2, lr half of 0.01 * 0.5
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.0025) and opt.param_groups[2]["lr"] == pytest.approx(0.0525)
+    assert warmup_step(opt, 100, warmup, 1.0) == 4
     assert opt.param_groups[2]["lr"] == pytest.approx(0.01) and opt.param_groups[1]["lr"] == pytest.approx(0.01)
-    assert warmup_step(opt, 500, 100, 0, lambda e: 1.0, hyp, 64, 16) == 4
+    opt.param_groups[1]["lr"] = 0.123
+    assert warmup_step(opt, 500, warmup, 1.0) == 4 and opt.param_groups[1]["lr"] == 0.123  # after warmup: untouched
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_warmup_starts_the_bias_lr_at_zero_under_adam(model, name):
+    # warmup_bias_lr (0.1) is ~100x an Adam lr0 (1e-3): the bias group must rise from 0 like the others
+    opt = _sgd_with_initial_lr(model, name, lr=0.001)
+    warmup = build_warmup(name, HYP, iters=100, nbs=64, batch_size=16)
+    warmup_step(opt, 0, warmup, 1.0)
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0, 0.0]
+    warmup_step(opt, 50, warmup, 1.0)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0005] * 3)
+    assert build_warmup("SGD", HYP, 100, 64, 16).bias_lr == 0.1  # SGD keeps YOLOv5's high start
+
+
+def test_warmup_lasts_at_least_100_iterations_but_ends_before_the_last_epoch():
+    assert warmup_iterations(3.0, nb=2, epochs=300) == 100  # tiny dataset: 6 -> 100
+    assert warmup_iterations(3.0, nb=500, epochs=300) == 1500  # large dataset: 3 epochs
+    assert warmup_iterations(3.0, nb=2, epochs=10) == 18  # capped at (10 - 1) * 2
+    assert warmup_iterations(3.0, nb=8, epochs=1) == 0  # one epoch: no room to warm up
+    assert warmup_iterations(0.0, nb=8, epochs=100) == 0
+    opt = _sgd_with_initial_lr(build_model("models/yolov5n.yaml", nc=2))
+    assert warmup_step(opt, 0, Warmup(0, 0.1, 0.8, 0.937, 4.0), 1.0) == 4  # off: full accumulation
+    assert opt.param_groups[2]["lr"] == pytest.approx(0.01)
+
+
+def test_scheduler_built_at_a_resumed_epoch_matches_a_fresh_one():
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+
+    def optimizer():
+        return torch.optim.SGD([{"params": [p]} for p in params], lr=0.01, momentum=0.9)
+
+    lf = lr_lambda(10, 0.01, cosine=True)
+    fresh_opt = optimizer()
+    fresh = build_scheduler(fresh_opt, lf)
+    for k in range(1, 6):
+        fresh_opt.step()
+        fresh.step()  # end of epoch k - 1, as Trainer.fit does before saving
+        resumed_opt = optimizer()
+        resumed_opt.load_state_dict(fresh_opt.state_dict())
+        resumed = build_scheduler(resumed_opt, lf, start_epoch=k)
+        assert [g["lr"] for g in resumed_opt.param_groups] == pytest.approx([0.01 * lf(k)] * 3)
+        resumed_opt.step()
+        resumed.step()  # both move on to epoch k + 1
+        assert [g["lr"] for g in resumed_opt.param_groups] == pytest.approx([0.01 * lf(k + 1)] * 3)
 
 
 def test_freeze_first_rows_or_listed_rows():
@@ -68,15 +125,6 @@ def test_freeze_first_rows_or_listed_rows():
     m = build_model("models/yolov5n.yaml", nc=2)
     freeze_layers(m, [0, 9])
     assert {name.split(".")[1] for name, p in m.named_parameters() if not p.requires_grad} == {"0", "9"}
-
-
-def test_multi_scale_sizes_are_grid_multiples_within_half_to_one_and_a_half():
-    imgs = torch.rand(2, 3, 64, 96)
-    for _ in range(20):
-        out = _multi_scale(imgs, 96, 32)
-        assert out.shape[:2] == (2, 3)
-        assert all(s % 32 == 0 for s in out.shape[2:])
-        assert 32 <= max(out.shape[2:]) <= 160
 
 
 def test_weights_transfer_keeps_matching_tensors(tmp_path):
@@ -130,3 +178,64 @@ def test_select_device_errors_are_clear():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="not available"):
             select_device("0")
+
+
+def _copy_sample(dst: Path, n_train: int, n_val: int) -> Path:
+    """Copy the first images (and labels) of the bundled sample; returns the dataset YAML."""
+    for split, n in (("train", n_train), ("val", n_val)):
+        (dst / "images" / split).mkdir(parents=True)
+        (dst / "labels" / split).mkdir(parents=True)
+        for img in sorted((SAMPLE / "images" / split).glob("*.jpg"))[:n]:
+            shutil.copy(img, dst / "images" / split)
+            shutil.copy(SAMPLE / "labels" / split / f"{img.stem}.txt", dst / "labels" / split)
+    yaml_file = dst / "data.yaml"
+    yaml_file.write_text(f"path: {dst}\ntrain: images/train\nval: images/val\n"
+                         "names: [Person, Car, Bicycle, OtherVehicle]\n")
+    return yaml_file
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory) -> Path:
+    return _copy_sample(tmp_path_factory.mktemp("tiny"), 8, 4)
+
+
+def _config(data: Path, **kw) -> TrainConfig:
+    return TrainConfig(**{"data": str(data), "cfg": "models/yolov5n.yaml", "imgsz": 64, "batch_size": 4,
+                          "workers": 0, "epochs": 6, "device": "cpu", "noautoanchor": True, **kw})
+
+
+def _lrs(trainer: Trainer) -> list[float]:
+    return [g["lr"] for g in trainer.optimizer.param_groups]
+
+
+def test_resumed_trainer_uses_the_lr_a_fresh_run_has_at_that_epoch(tiny_yaml, tmp_path):
+    config, k = _config(tiny_yaml, optimizer="SGD", multi_scale=True), 3
+    fresh = Trainer(config, tmp_path / "run")
+    assert fresh.spec.multi_scale and fresh.spec.imgsz == 64 and fresh.spec.grid == 32
+    # 8 images / batch 4 = 2 batches per epoch: max(3 * 2, 100) warmup iterations, capped at 5 * 2
+    assert fresh.spec.warmup.iters == 10 and fresh.spec.warmup.bias_lr == 0.1 and fresh.spec.warmup.accumulate == 16
+    for _ in range(k):  # the end of epochs 0 .. k-1 as in Trainer.fit (no batches needed for the lr)
+        fresh.optimizer.step()
+        fresh.scheduler.step()
+    save_checkpoint(fresh._checkpoint(k - 1, final=False), tmp_path / "last.pt")
+    resumed = Trainer(config, tmp_path / "run", resume_ckpt=load_checkpoint(tmp_path / "last.pt"))
+    lf = lr_lambda(6, 0.01, cosine=False)  # hyp.scratch: lr0 0.01, lrf 0.01
+    assert resumed.start_epoch == k
+    assert _lrs(resumed) == pytest.approx(_lrs(fresh)) and _lrs(resumed) == pytest.approx([0.01 * lf(k)] * 3)
+    for t in (fresh, resumed):
+        t.optimizer.step()
+        t.scheduler.step()
+    assert _lrs(resumed) == pytest.approx([0.01 * lf(k + 1)] * 3) and _lrs(fresh) == pytest.approx(_lrs(resumed))
+
+
+def test_cache_serves_training_and_val_images_from_ram(tmp_path):
+    data = _copy_sample(tmp_path / "data", 4, 2)
+    t = Trainer(_config(data, cache="ram"), tmp_path / "run")
+    for f in (tmp_path / "data" / "images").rglob("*.jpg"):
+        f.unlink()
+    imgs, targets, _, _ = next(iter(t.train_loader))  # mosaics of 4 images, all from memory
+    assert imgs.shape == (4, 3, 64, 64) and len(targets) > 0
+    assert next(iter(t.val_loader))[0].shape[0] == 2
+    t.train_ds.ims = [None] * len(t.train_ds.ims)  # without the RAM copies the files are needed
+    with pytest.raises(FileNotFoundError):
+        next(iter(t.train_loader))

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import csv
+import math
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import yaml
 
+from models.yolo import build_model
 from utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +60,9 @@ def test_train_val_detect_from_the_command_line(tiny_data, tmp_path):
     assert len(rows) == 1 and {"metrics/mAP50", "metrics/APs", "fdl/ratio", "stitch/fraction"} <= set(rows[0])
     ckpt = load_checkpoint(run / "weights" / "best.pt")
     assert ckpt["names"] == ["Person", "Car", "Bicycle", "OtherVehicle"] and ckpt["optimizer"] is None
+    opt = yaml.safe_load((run / "opt.yaml").read_text())
+    assert opt["epochs"] == 1 and opt["imgsz"] == 64 and opt["data"] == str(tiny_data) and "resume" not in opt
+    assert ckpt["train_args"] == opt
 
     r = _run("val.py", "--weights", str(run / "weights" / "best.pt"), "--data", str(tiny_data),
              "--imgsz", "64", "--workers", "0", "--project", str(tmp_path), "--name", "val")
@@ -73,13 +82,18 @@ def test_resume_after_interruption_finishes_the_requested_epochs(tiny_data, tmp_
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = tmp_path / "run" / "results.csv"
     last = tmp_path / "run" / "weights" / "last.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists():  # written atomically after an epoch: a complete checkpoint
-            proc.send_signal(signal.SIGKILL)  # a hard crash: no chance to clean up
-            break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if last.exists():  # written atomically after an epoch: a complete checkpoint
+                proc.send_signal(signal.SIGKILL)  # a hard crash: no chance to clean up
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+    finally:  # a timed-out wait must not leave a training process behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be interrupted"
     interrupted_at = load_checkpoint(last)["epoch"]
     assert 0 <= interrupted_at < 3
@@ -101,17 +115,59 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and "yolov9z" in r.stderr
 
 
-def test_train_flags_multiscale_freeze_cache_noval_nosave(tiny_data, tmp_path):
-    r = _run("train.py", "--data", str(tiny_data), "--epochs", "2", *TINY, "--multi-scale", "--freeze", "3",
-             "--cos-lr", "--cache", "--noval", "--nosave", "--optimizer", "SGD",
+def test_train_flags_multiscale_freeze_cache_cos_lr_sgd_noval_nosave(tiny_data, tmp_path):
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("warmup_epochs: 0.0\n")  # no warmup: every epoch's lr is the schedule's
+    r = _run("train.py", "--data", str(tiny_data), "--hyp", str(hyp), "--epochs", "3", *TINY, "--multi-scale",
+             "--freeze", "3", "--cos-lr", "--cache", "--noval", "--nosave", "--optimizer", "SGD",
              "--project", str(tmp_path), "--name", "run")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "froze" in r.stdout
+    assert "froze" in r.stdout and "optimizer: SGD(lr=0.01, momentum=0.937)" in r.stdout
+    assert "Cached 16 images in RAM" in r.stdout and "Cached 8 images in RAM" in r.stdout
+    sizes = {int(s) for s in re.findall(r"inst +\d+ +(\d+)px", r.stderr)}  # progress bar: batch width
+    assert len(sizes) >= 2 and sizes <= {32, 64, 96}, sizes  # multiples of 32 in [32, 96] around 64
     rows = _rows(tmp_path / "run" / "results.csv")
-    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    for e, row in enumerate(rows):  # cosine from lr0 = 0.01 to lr0 * lrf over 3 epochs (linear: 0.0067, 0.0034)
+        cosine = 0.01 * (((1 - math.cos(e * math.pi / 3)) / 2) * (0.01 - 1) + 1)
+        assert [float(row[f"lr/pg{g}"]) for g in range(3)] == pytest.approx([cosine] * 3, rel=1e-4)
     assert float(rows[0]["metrics/mAP50"]) == 0.0 and float(rows[0]["val/box_loss"]) == 0.0  # --noval
-    assert float(rows[1]["val/box_loss"]) > 0  # the final epoch is always validated
+    assert float(rows[2]["val/box_loss"]) > 0  # the final epoch is always validated
     assert load_checkpoint(tmp_path / "run" / "weights" / "last.pt")["epoch"] == -1
+
+
+def _wide_box_data(d: Path) -> Path:
+    """8 train / 4 val noise images (64x64) whose boxes are wide and flat (about 50x3 px).
+
+    No default anchor of the P2 model fits a 15:1 box within anchor_t = 4, so AutoAnchor must
+    recompute them.
+    """
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        (d / "images" / split).mkdir(parents=True)
+        (d / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(d / "images" / split / f"{i}.jpg"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            rows = [f"0 0.5 {0.2 + 0.3 * j:.3f} {rng.uniform(0.7, 0.95):.4f} {rng.uniform(0.04, 0.06):.4f}"
+                    for j in range(3)]
+            (d / "labels" / split / f"{i}.txt").write_text("\n".join(rows) + "\n")
+    (d / "bars.yaml").write_text(f"path: {d}\ntrain: images/train\nval: images/val\nnames: [bar]\n")
+    return d / "bars.yaml"
+
+
+def test_autoanchor_refits_anchors_that_do_not_fit_the_labels(tmp_path):
+    data = _wide_box_data(tmp_path / "bars")
+    r = _run("train.py", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch-size", "8",
+             "--workers", "0", "--project", str(tmp_path), "--name", "run")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "AutoAnchor" in r.stdout
+    default = build_model("models/yolov5n-p2.yaml", nc=1).detect.anchors.reshape(-1, 2)
+    state = load_checkpoint(tmp_path / "run" / "weights" / "last.pt")["model"]
+    (key,) = [k for k in state if k.endswith(".anchors")]
+    anchors = state[key].reshape(-1, 2)
+    assert anchors.shape == default.shape and not np.allclose(anchors, default)
+    assert (default[:, 0] / default[:, 1]).max() < 2.5  # the defaults are roughly square
+    assert (anchors[:, 0] / anchors[:, 1]).min() > 4  # the refitted ones are wide like the labels
 
 
 def test_small_object_hyp_stitches_and_logs_feedback(tiny_data, tmp_path):

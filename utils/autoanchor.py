@@ -159,9 +159,12 @@ def check_anchors(model: nn.Module, labels_wh_px: np.ndarray | torch.Tensor, thr
     higher fitness). The buffer is updated in place, so a checkpoint saved afterwards holds them.
     Returns
     ``{'bpr_before': float, 'bpr_after': float, 'recomputed': bool}``; ``recomputed`` is True when
-    the model's anchors were replaced.
+    the model's anchors were replaced. A head without anchors is skipped (BPR values are NaN).
     """
     detect = getattr(model, "module", model).detect
+    if not hasattr(detect, "anchors"):  # anchor-free head (DecoupledDetect): nothing to fit
+        _log(verbose, f"{type(detect).__name__} has no anchors, skipping the anchor check")
+        return {"bpr_before": float("nan"), "bpr_after": float("nan"), "recomputed": False}
     anchors = detect.anchors  # (nl, na, 2)
     wh0 = np.asarray(torch.as_tensor(labels_wh_px).detach().cpu(), dtype=np.float64).reshape(-1, 2)
     rng = np.random.default_rng(seed)

@@ -1,10 +1,15 @@
-"""One training epoch: forward, loss, accumulated optimizer steps, EMA, progress bar."""
+"""One training epoch: forward, loss, accumulated optimizer steps, EMA, progress bar.
+
+What is fixed for the whole run travels in a frozen :class:`RunSpec` built once by the Trainer;
+what changes from epoch to epoch (the epoch index, the iteration of the last optimizer step) is
+passed to :func:`train_one_epoch` explicitly and the new value comes back in its result.
+"""
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -12,33 +17,55 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.errors import TrainingError
-from utils.optim import warmup_step
+from utils.optim import Warmup, warmup_step
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Settings of the training loop that do not change during a run (plain values only).
+
+    Attributes:
+        device: where images and targets are moved.
+        epochs: total epochs of the run (for the progress bar).
+        imgsz: nominal training image size (px); multi-scale varies around it.
+        grid: largest model stride; multi-scale sizes are multiples of it.
+        multi_scale: resize each batch to a random size in [0.5, 1.5] * imgsz.
+        amp: mixed precision (CUDA only).
+        warmup: lr / momentum / accumulation warmup (utils.optim.Warmup).
+        lf: epoch -> lr factor of the schedule (utils.optim.lr_lambda).
+        seed: multi-scale sizes of epoch e come from random.Random(seed + e), so a resumed run
+            sees the sizes a fresh run would.
+    """
+
+    device: torch.device
+    epochs: int
+    imgsz: int
+    grid: int
+    warmup: Warmup
+    lf: Callable[[float], float]
+    multi_scale: bool = False
+    amp: bool = False
+    seed: int = 0
 
 
 @dataclass
-class EpochContext:
-    """What train_one_epoch needs besides the model, data and optimizer (plain values only)."""
+class EpochResult:
+    """What an epoch hands back: logged means and the iteration of its last optimizer step."""
 
-    epoch: int
-    epochs: int
-    device: torch.device
-    nw: int  # warmup iterations
-    lf: Callable[[float], float]  # lr schedule factor
-    hyp: dict
-    nbs: int = 64  # nominal batch size
-    batch_size: int = 16
-    imgsz: int = 640
-    grid: int = 32  # largest stride: multi-scale sizes are multiples of it
-    multi_scale: bool = False
-    amp: bool = False
-    last_opt_step: int = -1
-    on_batch: Callable | None = None  # called as on_batch(ni, imgs, targets, paths)
-    stats: dict = field(default_factory=dict)
+    stats: dict[str, float]
+    last_opt_step: int
 
 
-def _multi_scale(imgs: torch.Tensor, imgsz: int, grid: int) -> torch.Tensor:
-    """Resize the batch to a random size in [0.5, 1.5] * imgsz, a multiple of the grid."""
-    sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + grid) // grid * grid
+def multi_scale(imgs: torch.Tensor, imgsz: int, grid: int, rng: random.Random) -> torch.Tensor:
+    """Resize a (B, 3, H, W) float batch so its long side is a random grid multiple in [0.5, 1.5] * imgsz.
+
+    The long side is drawn uniformly from the multiples of ``grid`` inside that range (at least
+    one grid); the short side keeps the aspect and is rounded up to a multiple of ``grid`` (the
+    model needs sides divisible by its largest stride). Boxes are normalized, so targets stay valid.
+    """
+    lo = max(math.ceil(imgsz * 0.5 / grid), 1) * grid
+    hi = max(math.floor(imgsz * 1.5 / grid) * grid, lo)
+    sz = rng.randrange(lo, hi + grid, grid)
     sf = sz / max(imgs.shape[2:])
     if sf == 1:
         return imgs
@@ -46,50 +73,72 @@ def _multi_scale(imgs: torch.Tensor, imgsz: int, grid: int) -> torch.Tensor:
     return F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
 
 
-def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, ctx: EpochContext) -> dict:
+class _RunningMeans:
+    """Running means of the loss items (box, obj, cls) and the feedback-driven loss extras."""
+
+    def __init__(self, device: torch.device):
+        self.n, self.loss, self.fdl_ratio, self.fdl_gain = 0, torch.zeros(3, device=device), 0.0, 0.0
+
+    def add(self, items: torch.Tensor, extras: dict) -> None:
+        n = self.n
+        self.loss = (self.loss * n + items) / (n + 1)
+        self.fdl_ratio = (self.fdl_ratio * n + extras["fdl_ratio"]) / (n + 1)
+        self.fdl_gain = (self.fdl_gain * n + extras["fdl_gain"]) / (n + 1)
+        self.n = n + 1
+
+    def as_dict(self, stitched_fraction: float) -> dict[str, float]:
+        return {"train/box_loss": float(self.loss[0]), "train/obj_loss": float(self.loss[1]),
+                "train/cls_loss": float(self.loss[2]), "fdl/ratio": self.fdl_ratio, "fdl/gain": self.fdl_gain,
+                "stitch/fraction": stitched_fraction}
+
+
+def _optimizer_step(model, optimizer, scaler, ema) -> None:
+    """Unscale, clip (max norm 10, YOLOv5), step, clear gradients and update the EMA."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad()
+    ema.update(model)
+
+
+def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec: RunSpec, epoch: int,
+                    last_opt_step: int, on_batch: Callable | None = None) -> EpochResult:
     """Train for one pass over ``loader`` (a StitchingLoader yielding 5-tuples).
 
-    Returns epoch means: 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'fdl/ratio',
-    'fdl/gain', plus 'stitch/fraction' (share of stitched iterations).
+    Iteration ``ni = i + len(loader) * epoch`` counts from the start of the run; an optimizer step
+    happens once ``ni - last_opt_step`` reaches the (warming-up) accumulation count.
+    ``on_batch(ni, imgs, targets, paths)`` is called after each iteration when given.
+
+    Returns epoch means 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'fdl/ratio',
+    'fdl/gain', 'stitch/fraction', and the iteration of the last optimizer step.
+    Raises TrainingError on a non-finite loss or a loader with no batches.
     """
     model.train()
-    nb = len(loader)
-    mloss = torch.zeros(3, device=ctx.device)
-    fdl_ratio = fdl_gain = 0.0
+    nb, means, rng = len(loader), _RunningMeans(spec.device), random.Random(spec.seed + epoch)
     pbar = tqdm(enumerate(loader), total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
     optimizer.zero_grad()
-    i = -1
     for i, (imgs, targets, paths, _, stitched) in pbar:
-        ni = i + nb * ctx.epoch
-        accumulate = warmup_step(optimizer, ni, ctx.nw, ctx.epoch, ctx.lf, ctx.hyp, ctx.nbs, ctx.batch_size)
-        imgs = imgs.to(ctx.device, non_blocking=True).float() / 255
-        if ctx.multi_scale:
-            imgs = _multi_scale(imgs, ctx.imgsz, ctx.grid)
-        with torch.autocast(ctx.device.type, enabled=ctx.amp):
-            preds = model(imgs)
-            loss, items, extras = compute_loss(preds, targets.to(ctx.device))
+        ni = i + nb * epoch
+        accumulate = warmup_step(optimizer, ni, spec.warmup, spec.lf(epoch))
+        imgs = imgs.to(spec.device, non_blocking=True).float() / 255
+        if spec.multi_scale:
+            imgs = multi_scale(imgs, spec.imgsz, spec.grid, rng)
+        with torch.autocast(spec.device.type, enabled=spec.amp):
+            loss, items, extras = compute_loss(model(imgs), targets.to(spec.device))
         if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at epoch {ctx.epoch}, batch {i}; lower lr0 or check labels")
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {i}; lower lr0 or check labels")
         scaler.scale(loss).backward()
-        if ni - ctx.last_opt_step >= accumulate:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad()
-            ema.update(model)
-            ctx.last_opt_step = ni
+        if ni - last_opt_step >= accumulate:
+            _optimizer_step(model, optimizer, scaler, ema)
+            last_opt_step = ni
         loader.feedback = extras["fdl_ratio"]
-        mloss = (mloss * i + items) / (i + 1)
-        fdl_ratio = (fdl_ratio * i + extras["fdl_ratio"]) / (i + 1)
-        fdl_gain = (fdl_gain * i + extras["fdl_gain"]) / (i + 1)
-        pbar.set_description(f"{ctx.epoch + 1:>5}/{ctx.epochs}  box {mloss[0]:.4f}  obj {mloss[1]:.4f}  "
-                             f"cls {mloss[2]:.4f}  inst {targets.shape[0]:>4}  {imgs.shape[-1]:>4}px"
+        means.add(items, extras)
+        pbar.set_description(f"{epoch + 1:>5}/{spec.epochs}  box {means.loss[0]:.4f}  obj {means.loss[1]:.4f}  "
+                             f"cls {means.loss[2]:.4f}  inst {targets.shape[0]:>4}  {imgs.shape[-1]:>4}px"
                              + ("  stitched" if stitched else ""))
-        if ctx.on_batch is not None:
-            ctx.on_batch(ni, imgs, targets, paths)
-    if i < 0:
+        if on_batch is not None:
+            on_batch(ni, imgs, targets, paths)
+    if means.n == 0:
         raise TrainingError("the training loader produced no batches; check the train split")
-    return {"train/box_loss": float(mloss[0]), "train/obj_loss": float(mloss[1]),
-            "train/cls_loss": float(mloss[2]), "fdl/ratio": fdl_ratio, "fdl/gain": fdl_gain,
-            "stitch/fraction": float(getattr(loader, "stitched_fraction", 0.0))}
+    return EpochResult(means.as_dict(float(getattr(loader, "stitched_fraction", 0.0))), last_opt_step)

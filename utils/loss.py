@@ -123,3 +123,19 @@ class ComputeLoss:
         bs = preds[0].shape[0]
         items = torch.cat((lbox, lobj, lcls)).detach()
         return (lbox + lobj + lcls) * bs, items, {"fdl_ratio": r_t, "fdl_gain": mean_gain}
+
+
+def build_loss(model: nn.Module, hyp: dict, imgsz: int):
+    """The loss that fits the model's head: ComputeLoss for Detect, DecoupledLoss for DecoupledDetect.
+
+    ``hyp`` is the unscaled hyperparameter dict; the anchor loss gets :func:`scale_loss_gains`
+    (levels, classes, image size), the decoupled loss rescales its gains itself
+    (utils/loss_decoupled.py). ``model`` may be wrapped (DDP ``.module``).
+    """
+    from models.head_decoupled import DecoupledDetect
+    from utils.loss_decoupled import DecoupledLoss  # imports fdl_gain from this module
+
+    detect = getattr(model, "module", model).detect
+    if isinstance(detect, DecoupledDetect):
+        return DecoupledLoss(detect, hyp)
+    return ComputeLoss(detect, scale_loss_gains(hyp, detect.nl, detect.nc, imgsz))

@@ -1,7 +1,7 @@
 """YOLOv5-style detection metrics: matching, per-class AP, P/R/F1 curves, confusion matrix, fitness.
 
 Box format everywhere in this file: ``x1, y1, x2, y2`` in pixels of one common image space
-(val.py uses original image pixels). Detections are rows ``[x1, y1, x2, y2, conf, cls]``,
+(the evaluation uses original image pixels). Detections are rows ``[x1, y1, x2, y2, conf, cls]``,
 labels are rows ``[cls, x1, y1, x2, y2]``.
 
 AP here is COCO's 101-point interpolated AP: the mean, over recall thresholds 0, 0.01, ..., 1,
@@ -25,7 +25,8 @@ IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP@0.5:0.95, the 10 COCO IoU 
 def fitness(metrics: dict[str, float]) -> float:
     """Single number used to pick ``best.pt``: ``0.1 * mAP50 + 0.9 * mAP50-95`` (as YOLOv5).
 
-    ``metrics`` is the dict returned by ``val.evaluate`` (keys ``'mAP50'`` and ``'mAP50-95'``).
+    ``metrics`` is ``EvalResult.metrics`` from ``utils.evaluation.evaluate`` (or any dict with
+    the keys ``'mAP50'`` and ``'mAP50-95'``).
     mAP50-95 dominates because it rewards tight boxes, which matter most for small objects.
     """
     return 0.1 * float(metrics["mAP50"]) + 0.9 * float(metrics["mAP50-95"])

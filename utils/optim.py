@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
 from utils.errors import ConfigError
 
 OPTIMIZERS = ("auto", "SGD", "Adam", "AdamW")
@@ -63,22 +66,79 @@ def lr_lambda(epochs: int, lrf: float, cosine: bool):
     return lambda e: (1 - e / epochs) * (1.0 - lrf) + lrf
 
 
-def warmup_step(optimizer, ni: int, nw: int, epoch: int, lf, hyp: dict, nbs: int, batch_size: int) -> int:
-    """Warm up lr and momentum over the first ``nw`` iterations; returns the accumulation count.
+def build_scheduler(optimizer: torch.optim.Optimizer, lf, start_epoch: int = 0) -> LambdaLR:
+    """A LambdaLR (lr = initial_lr * lf(epoch)) positioned at the start of ``start_epoch``.
 
-    Bias lr falls from warmup_bias_lr to its scheduled value while the others rise from 0, and the
-    number of batches accumulated per optimizer step grows from 1 to nbs / batch_size.
+    On resume the optimizer state must be loaded first (it carries each group's initial_lr): the
+    scheduler is then in the state a fresh run reaches after ``start_epoch`` steps, last_epoch and
+    every group's lr included, so the next ``step()`` moves to ``start_epoch + 1`` as in a fresh run.
     """
-    accumulate = max(round(nbs / batch_size), 1)
-    if ni > nw:
-        return accumulate
-    xi = [0, nw]
-    accumulate = max(1, int(np.interp(ni, xi, [1, nbs / batch_size]).round()))
+    # LambdaLR with last_epoch = k - 1 takes one initial step to epoch k and sets the lrs for it.
+    return LambdaLR(optimizer, lr_lambda=lf, last_epoch=start_epoch - 1)
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Linear warmup of lr, momentum and gradient accumulation over the first ``iters`` iterations.
+
+    Attributes:
+        iters: warmup iterations (0 = no warmup).
+        bias_lr: lr of the bias group at iteration 0 (SGD: hyp warmup_bias_lr; Adam/AdamW: 0).
+        momentum: momentum at iteration 0 (hyp warmup_momentum; SGD only, Adam keeps its betas).
+        final_momentum: momentum once warmed up (hyp momentum).
+        accumulate: nbs / batch_size, batches per optimizer step once warmed up (>= 1 after rounding).
+    """
+
+    iters: int
+    bias_lr: float
+    momentum: float
+    final_momentum: float
+    accumulate: float
+
+    @property
+    def steady_accumulate(self) -> int:
+        return max(round(self.accumulate), 1)
+
+
+def warmup_iterations(warmup_epochs: float, nb: int, epochs: int, minimum: int = 100) -> int:
+    """Warmup length in iterations: ``max(round(warmup_epochs * nb), minimum)`` (YOLOv5).
+
+    A floor of ``minimum`` keeps a tiny dataset (a few batches per epoch) from jumping to the full
+    lr after one or two steps; the cap of ``(epochs - 1) * nb`` lets the last epoch run at its
+    scheduled lr. ``warmup_epochs <= 0`` turns warmup off (0).
+    """
+    if warmup_epochs <= 0:
+        return 0
+    return min(max(round(warmup_epochs * nb), minimum), (epochs - 1) * nb)
+
+
+def build_warmup(optimizer_name: str, hyp: dict, iters: int, nbs: int, batch_size: int) -> Warmup:
+    """Warmup settings for ``optimizer_name`` (resolved, not 'auto') from hyp.
+
+    SGD starts the bias lr high (warmup_bias_lr, YOLOv5); Adam and AdamW start it at 0 like the
+    other groups, because warmup_bias_lr (0.1) is about 100 times their lr0 and would blow up the
+    first steps (ultralytics does the same).
+    """
+    bias_lr = hyp["warmup_bias_lr"] if optimizer_name == "SGD" else 0.0
+    return Warmup(iters, float(bias_lr), float(hyp["warmup_momentum"]), float(hyp["momentum"]), nbs / batch_size)
+
+
+def warmup_step(optimizer: torch.optim.Optimizer, ni: int, warmup: Warmup, lr_factor: float) -> int:
+    """Set lr and momentum for iteration ``ni``; returns the number of batches to accumulate.
+
+    While ``ni <= warmup.iters`` the bias lr moves from warmup.bias_lr and the other lrs rise from
+    0 to ``initial_lr * lr_factor`` (``lr_factor`` = lf(epoch) of the schedule), and accumulation
+    grows from 1 to nbs / batch_size. Afterwards nothing is touched (the scheduler owns the lr).
+    """
+    if warmup.iters <= 0 or ni > warmup.iters:
+        return warmup.steady_accumulate
+    xi = [0, warmup.iters]
+    accumulate = max(1, int(np.interp(ni, xi, [1, warmup.accumulate]).round()))
     for j, g in enumerate(optimizer.param_groups):
-        start = hyp["warmup_bias_lr"] if j == 2 else 0.0
-        g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * lf(epoch)]))
+        start = warmup.bias_lr if j == 2 else 0.0  # group 2 holds the biases (build_optimizer)
+        g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * lr_factor]))
         if "momentum" in g:
-            g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+            g["momentum"] = float(np.interp(ni, xi, [warmup.momentum, warmup.final_momentum]))
     return accumulate
 
 

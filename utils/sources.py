@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 
 from utils.errors import SourceError
+from utils.image_formats import IMG_FORMATS, file_suffix
 
 LOGGER = logging.getLogger(__name__)
 
-IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv", "webm")
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 STREAM_TIMEOUT_MS = 10000  # give up on a stream URL that does not answer within 10 s
@@ -61,10 +61,6 @@ class SourceItem(NamedTuple):
     meta: VideoMeta | None
 
 
-def _suffix(path: str | Path) -> str:
-    return Path(path).suffix[1:].lower()
-
-
 def is_stream(source: str) -> bool:
     """True for a webcam index ('0', '1', ...) or an rtsp/rtmp/http(s) URL."""
     return source.isnumeric() or source.lower().startswith(STREAM_PREFIXES)
@@ -92,16 +88,16 @@ def _list_files(source: str) -> list[Path]:
     if any(ch in source for ch in "*?["):
         # A pattern such as 'data/*' may also match labels or notes: keep the media silently.
         files = [Path(p) for p in sorted(glob.glob(source, recursive=True))]
-        files = [p for p in files if _suffix(p) in IMG_FORMATS + VID_FORMATS]
+        files = [p for p in files if file_suffix(p) in IMG_FORMATS + VID_FORMATS]
         if not files:
             raise SourceError(f"no images or videos match the pattern '{source}'")
     elif Path(source).is_dir():
         files = sorted(p for p in Path(source).iterdir() if p.is_file())
-        files = [p for p in files if _suffix(p) in IMG_FORMATS + VID_FORMATS]
+        files = [p for p in files if file_suffix(p) in IMG_FORMATS + VID_FORMATS]
         if not files:
             raise SourceError(f"no images or videos in folder '{source}' "
                               f"(images: {', '.join(IMG_FORMATS)}; videos: {', '.join(VID_FORMATS)})")
-    elif Path(source).is_file() and _suffix(source) == "txt":
+    elif Path(source).is_file() and file_suffix(source) == "txt":
         files = _read_list(Path(source))
     elif Path(source).is_file():
         files = [Path(source)]
@@ -109,7 +105,7 @@ def _list_files(source: str) -> list[Path]:
         raise SourceError(f"source '{source}' does not exist")
     files = [p for p in files if p.is_file()]
     for p in files:
-        if _suffix(p) not in IMG_FORMATS + VID_FORMATS:
+        if file_suffix(p) not in IMG_FORMATS + VID_FORMATS:
             raise SourceError(f"'{p}' is neither an image ({', '.join(IMG_FORMATS)}) "
                               f"nor a video ({', '.join(VID_FORMATS)})")
     if not files:
@@ -152,7 +148,7 @@ class FrameSource:
         else:
             self.files = _list_files(source)
             for p in self.files:
-                if _suffix(p) in VID_FORMATS:
+                if file_suffix(p) in VID_FORMATS:
                     self.metas[p] = self._check_video(p)
 
     @staticmethod

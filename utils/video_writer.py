@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from utils.annotate import draw_detections, save_crop
-from utils.boxes import xyxy2xywhn
 from utils.sources import SourceItem, source_stem
+from utils.yolo_txt import write_yolo_txt
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,12 +124,7 @@ class ResultWriter:
         return self.names[cls] if 0 <= cls < len(self.names) else str(cls)
 
     def _write_txt(self, path: Path, det: torch.Tensor, shape_hw: tuple[int, int]) -> None:
-        xywhn = xyxy2xywhn(det[:, :4], shape_hw[1], shape_hw[0])
-        rows = []
-        for (cx, cy, w, h), conf, cls in zip(xywhn.tolist(), det[:, 4].tolist(), det[:, 5].tolist()):
-            row = f"{int(cls)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
-            rows.append(f"{row} {conf:.5f}" if self.save_conf else row)
-        path.write_text("".join(r + "\n" for r in rows))
+        write_yolo_txt(path, det, shape_hw, self.save_conf)
         self.n_labels += 1
 
     def _add_json(self, name: str, det: torch.Tensor) -> None:

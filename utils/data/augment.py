@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from utils.boxes import filter_boxes
+from utils.data.polygon import clip_polygons_and_boxes, polygon_box
 
 PAD_VALUE = 114  # YOLOv5's grey for letterbox and mosaic borders
 
@@ -41,6 +42,17 @@ def resize_long_side(img: np.ndarray, imgsz: int, fast_down: bool = False) -> np
     size = (max(1, round(w0 * r)), max(1, round(h0 * r)))
     interp = cv2.INTER_LINEAR if (fast_down or r > 1) else cv2.INTER_AREA
     return cv2.resize(img, size, interpolation=interp)
+
+
+def rescale_sample(smp: Sample, f: float) -> Sample:
+    """Resize a sample's image by factor ``f`` (boxes and polygons follow, per axis after rounding)."""
+    h, w = smp.img.shape[:2]
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    img = cv2.resize(smp.img, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    fx, fy = size[0] / w, size[1] / h
+    boxes = smp.boxes * np.array([fx, fy, fx, fy], np.float32)
+    segs = [p * np.array([fx, fy], np.float32) for p in smp.segments]
+    return Sample(img, boxes, smp.cls, segs)
 
 
 def letterbox(img: np.ndarray, new_shape: int | tuple[int, int], scaleup: bool = True, auto: bool = False,
@@ -95,16 +107,24 @@ def _transform_points(pts: np.ndarray, M: np.ndarray) -> np.ndarray:
     return xy1[:, :2] / xy1[:, 2:3] if M[2, 0] or M[2, 1] else xy1[:, :2]
 
 
-def _transform_boxes(boxes: np.ndarray, segments: list[np.ndarray], M: np.ndarray) -> np.ndarray:
-    """Warped xyxy extents (n, 4): of the polygons when every box has one (tighter under rotation),
-    else of the 4 box corners."""
+def _transform_boxes(boxes: np.ndarray, segments: list[np.ndarray], M: np.ndarray,
+                     out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Warp boxes (n, 4) xyxy -> (full extents (n, 4), visible boxes (n, 4)), both float32.
+
+    With a polygon per box the extents are the warped polygons' (tighter under rotation) and the
+    visible box is the extent of the polygon clipped to the output, so an object cut by the output
+    edge gets the box of what remains of it. Without polygons both are the warped box corners'.
+    """
     if len(segments) == len(boxes) and len(boxes):
-        out = [_transform_points(s, M) for s in segments]
-        return np.array([[*p.min(0), *p.max(0)] for p in out], dtype=np.float32)
+        polys = [_transform_points(s, M) for s in segments]
+        full = np.array([polygon_box(p) for p in polys], dtype=np.float32)
+        visible, _ = clip_polygons_and_boxes(full, polys, (0, 0, out_hw[1], out_hw[0]))
+        return full, visible
     corners = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2)  # 4 corners per box
     xy = _transform_points(corners, M).reshape(-1, 8)
     x, y = xy[:, 0::2], xy[:, 1::2]
-    return np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], 1).astype(np.float32)
+    full = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], 1).astype(np.float32)
+    return full, full
 
 
 def random_perspective(sample: Sample, degrees: float = 0.0, translate: float = 0.1, scale: float = 0.5,
@@ -130,9 +150,9 @@ def random_perspective(sample: Sample, degrees: float = 0.0, translate: float = 
     n = len(sample.boxes)
     if n == 0:
         return Sample(img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), [])
-    warped = _transform_boxes(sample.boxes, sample.segments, M)
-    full_area = (warped[:, 2] - warped[:, 0]) * (warped[:, 3] - warped[:, 1])
-    boxes, idx = filter_boxes(warped, np.arange(n), out_hw)
+    full, visible = _transform_boxes(sample.boxes, sample.segments, M, out_hw)
+    full_area = (full[:, 2] - full[:, 0]) * (full[:, 3] - full[:, 1])
+    boxes, idx = filter_boxes(visible, np.arange(n), out_hw)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     vis = area / np.maximum(full_area[idx], 1e-6) > min_visible
     return Sample(img, boxes[vis], sample.cls[idx[vis]], [])

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import DatasetError, MissingFileError, read_yaml
+from utils.image_formats import is_image_file
 
-IMG_FORMATS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # what cv2.imread reads
 SPLITS = ("train", "val", "test")
 JSON_KEYS = ("train_json", "val_json", "test_json")
 ALLOWED_KEYS = frozenset({"path", "names", "nc", "download", *SPLITS, *JSON_KEYS})
@@ -64,7 +64,7 @@ def _parse_names(names: Any, nc: Any, yaml_file: Path) -> list[str]:
 
 def _images_in_folder(folder: Path) -> list[Path]:
     """All image files under ``folder`` (recursive)."""
-    return [f for f in folder.rglob("*") if f.suffix.lower() in IMG_FORMATS and f.is_file()]
+    return [f for f in folder.rglob("*") if is_image_file(f) and f.is_file()]
 
 
 def _images_in_list_file(list_file: Path, root: Path) -> list[Path]:
@@ -94,11 +94,11 @@ def resolve_split(spec: Any, root: Path, split: str, yaml_file: Path) -> list[st
             files += _images_in_folder(p)
         elif p.is_file() and p.suffix.lower() == ".txt":
             files += _images_in_list_file(p, root)
-        elif p.is_file() and p.suffix.lower() in IMG_FORMATS:
+        elif p.is_file() and is_image_file(p):
             files.append(p)
         else:
             raise MissingFileError(f"'{split}' path {p} (from {yaml_file}) does not exist")
-    files = [f for f in files if f.suffix.lower() in IMG_FORMATS]
+    files = [f for f in files if is_image_file(f)]
     if not files:
         raise MissingFileError(f"'{split}' in {yaml_file} contains no images ({', '.join(map(str, specs))})")
     # Unique and sorted so that the order (and the seeded sampling built on it) is reproducible.

@@ -1,13 +1,15 @@
 """YoloDataset: images + YOLO labels -> augmented, letterboxed training/validation samples.
 
-Per item: load (OpenCV, long side resized to ``imgsz``) -> small-object copy-paste (training)
+Per item: load (OpenCV, long side resized to ``imgsz``, or in training with probability hyp
+``native_crop`` an imgsz x imgsz crop of the image at native resolution times ``native_scale``,
+see utils/data/native_crop.py) -> small-object copy-paste (training)
 -> mosaic of 4 or 9 images or letterbox -> random perspective -> albumentations, HSV, flips
 (training) -> ``(img uint8 (3, H, W) RGB, labels float32 (n, 6) [0, cls, cx, cy, w, h]
 normalized, path, shapes)``. Boxes are xyxy pixels of the current image until the very end.
 
 ``shapes`` is ``((h0, w0), ((ratio_h, ratio_w), (padw, padh)))``: a box in the output maps back to
 the original image by ``x0 = (x - padw) / ratio_w``, ``y0 = (y - padh) / ratio_h`` (YOLOv5
-convention). Mosaic samples have no such mapping and get ``None``.
+convention). Mosaic samples and native crops have no such mapping and get ``None``.
 
 Small-object oversampling (hyp ``small_oversample`` = k) is an index list: ``dataset.indices`` holds
 every image once and each image with a small object (box area < 32x32 px at the original size)
@@ -31,6 +33,7 @@ from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data.copy_paste import copy_paste_small
 from utils.data.label_cache import load_labels
 from utils.data.mosaic import mixup, mosaic4, mosaic9
+from utils.data.native_crop import native_crop
 from utils.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ AUG_DEFAULTS: dict[str, Any] = {
     "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5,
     "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mosaic9": 0.0,
     "mixup": 0.0, "albumentations": 0.0, "copy_paste": 0.0, "cp_area": 1024.0, "cp_times": 1,
-    "small_oversample": 1,
+    "small_oversample": 1, "native_crop": 0.0, "native_scale": 1.0, "crop_bias": 0.5,
 }
 
 
@@ -81,6 +84,15 @@ def _check_repeats(value: Any) -> int:
     return int(value)
 
 
+def _check_native(hyp: dict[str, Any]) -> None:
+    """hyp native_crop and crop_bias are probabilities; native_scale is a positive factor."""
+    for key in ("native_crop", "crop_bias"):
+        if not 0 <= hyp[key] <= 1:
+            raise ConfigError(f"hyp '{key}' must be a probability in [0, 1], got {hyp[key]!r}")
+    if not hyp["native_scale"] > 0:
+        raise ConfigError(f"hyp 'native_scale' must be > 0, got {hyp['native_scale']!r}")
+
+
 class YoloDataset(Dataset):
     """Detection dataset over image files with YOLO txt labels (see the module docstring).
 
@@ -98,6 +110,7 @@ class YoloDataset(Dataset):
             raise ValueError("augment=True needs a hyp dict (augmentation settings)")
         self.imgsz, self.augment, self.rect, self.stride, self.prefix = imgsz, augment, rect, stride, prefix
         self.hyp = {**AUG_DEFAULTS, **(hyp or {})}
+        _check_native(self.hyp)
         ls = load_labels(list(img_files), prefix=prefix)
         self.img_files, self.label_files = ls.img_files, ls.label_files
         self.labels, self.segments, self.shapes = ls.labels, ls.segments, ls.shapes
@@ -107,6 +120,7 @@ class YoloDataset(Dataset):
             self._sort_by_aspect()
             self.batch_index, self.batch_shapes = rect_batch_shapes(self.shapes, batch_size, imgsz, stride, pad)
         self.indices = self._build_indices()
+        self.native_p = self._native_probability()
         self.rng = np.random.default_rng(0)
         self.pixel_aug = PixelAugment(seed=0) if augment and self.hyp["albumentations"] > 0 else None
         if cache == "ram":
@@ -130,12 +144,24 @@ class YoloDataset(Dataset):
             return list(range(len(self.img_files)))
         return small_object_indices(self.labels, self.shapes, repeats)
 
-    def _read_resized(self, i: int) -> np.ndarray:
-        """Read image i from disk as 3-channel BGR with long side imgsz."""
+    def _native_probability(self) -> float:
+        """hyp native_crop when training, else 0 (validation sees whole frames or uses --slice)."""
+        p = float(self.hyp["native_crop"]) if self.augment else 0.0
+        if p > 0 and self.rect:
+            LOGGER.warning("%sWARNING: native_crop ignored with rect batches (crops are square)", self.prefix)
+            p = 0.0
+        return p
+
+    def _read(self, i: int) -> np.ndarray:
+        """Read image i from disk as 3-channel BGR at its original size."""
         img = cv2.imread(self.img_files[i], cv2.IMREAD_COLOR)  # grayscale files come back 3-channel
         if img is None:
             raise FileNotFoundError(f"image {self.img_files[i]} can no longer be read")
-        return resize_long_side(img, self.imgsz, fast_down=self.augment)
+        return img
+
+    def _read_resized(self, i: int) -> np.ndarray:
+        """Read image i from disk as 3-channel BGR with long side imgsz."""
+        return resize_long_side(self._read(i), self.imgsz, fast_down=self.augment)
 
     def _cache_images(self) -> None:
         """Keep every resized image in memory (uint8), decoded by a small thread pool."""
@@ -159,12 +185,30 @@ class YoloDataset(Dataset):
         w0, h0 = (int(v) for v in self.shapes[i])
         return img, (h0, w0), img.shape[:2]
 
-    def load_sample(self, i: int) -> Sample:
-        """Image i at long side imgsz with pixel xyxy boxes; small-object copy-paste when training."""
-        img, _, (h, w) = self.load_image(i)
+    def _labelled(self, i: int, img: np.ndarray) -> Sample:
+        """Image i's labels in pixels of ``img`` (image i at any size): xyxy boxes, polygons."""
+        h, w = img.shape[:2]
         lb = self.labels[i]
-        boxes, cls = xywhn2xyxy(lb[:, 1:], w, h), lb[:, 0].astype(np.int64)
         segs = [s * np.array([w, h], np.float32) for s in self.segments[i]]
+        return Sample(img, xywhn2xyxy(lb[:, 1:], w, h), lb[:, 0].astype(np.int64), segs)
+
+    def _draw_native(self) -> bool:
+        """Whether the next training sample is a native-resolution crop (probability hyp native_crop)."""
+        return rand_bool(self.rng, self.native_p)
+
+    def load_sample(self, i: int, native: bool = False) -> Sample:
+        """Image i with pixel xyxy boxes; small-object copy-paste when training.
+
+        The image is the whole frame at long side imgsz, or with ``native`` an imgsz x imgsz crop of
+        the original (always read from disk: the RAM cache holds resized frames) times native_scale.
+        """
+        if native:
+            hp = self.hyp
+            sample = native_crop(self._labelled(i, self._read(i)), self.imgsz, scale=float(hp["native_scale"]),
+                                 bias=float(hp["crop_bias"]), rng=self.rng)
+        else:
+            sample = self._labelled(i, self.load_image(i)[0])
+        img, boxes, cls, segs = sample
         if self.augment and self.hyp["copy_paste"] > 0:
             img, boxes, cls, seg_out = copy_paste_small(
                 img, boxes, cls, segs if segs else None, p=self.hyp["copy_paste"], max_area=self.hyp["cp_area"],
@@ -199,7 +243,7 @@ class YoloDataset(Dataset):
         """4- or 9-image mosaic around image i (partners drawn from the index list), cropped to imgsz."""
         k = 9 if rand_bool(self.rng, self.hyp["mosaic9"]) else 4
         others = self.rng.integers(0, len(self.indices), k - 1)
-        samples = [self.load_sample(j) for j in [i, *(self.indices[o] for o in others)]]
+        samples = [self.load_sample(j, self._draw_native()) for j in [i, *(self.indices[o] for o in others)]]
         m = (mosaic9 if k == 9 else mosaic4)(samples, self.imgsz, self.rng)
         return self._perspective(m, (-self.imgsz // 2, -self.imgsz // 2))
 
@@ -211,6 +255,8 @@ class YoloDataset(Dataset):
             sample = self._mosaic(i)
             if rand_bool(rng, hp["mixup"]):
                 sample = mixup(sample, self._mosaic(self.indices[int(rng.integers(len(self.indices)))]), rng)
+        elif self._draw_native():  # already imgsz x imgsz at native scale: no letterbox, no mapping back
+            sample = self._perspective(self.load_sample(i, native=True), (0, 0))
         else:
             sample, shapes = self._letterboxed(i, self.load_sample(i), scaleup=True)
             sample = self._perspective(sample, (0, 0))

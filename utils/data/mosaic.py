@@ -12,8 +12,9 @@ import math
 import cv2
 import numpy as np
 
-from utils.data.augment import PAD_VALUE, Sample
 from utils.boxes import filter_boxes
+from utils.data.augment import PAD_VALUE, Sample, rescale_sample
+from utils.data.polygon import clip_polygons_and_boxes
 
 
 def _paste(canvas: np.ndarray, img: np.ndarray, x: int, y: int) -> tuple[int, int]:
@@ -30,14 +31,26 @@ def _paste(canvas: np.ndarray, img: np.ndarray, x: int, y: int) -> tuple[int, in
 
 
 def _merge(samples: list[Sample], offsets: list[tuple[int, int]], canvas: np.ndarray) -> Sample:
-    """Shift every sample's boxes/segments by its offset, then clip to the canvas."""
-    boxes = [s.boxes + np.array([dx, dy, dx, dy], np.float32) for s, (dx, dy) in zip(samples, offsets)]
+    """Shift every sample's boxes/polygons by its offset, clip them to the sample's visible tile, filter.
+
+    The visible tile of a sample is its pasted rectangle cut to the canvas. Polygons are clipped to
+    it and each box is rebuilt from its clipped polygon, so a box never reaches over grey fill or a
+    neighbour, and an object cut by the canvas edge gets the box of the part that is still visible.
+    """
+    H, W = canvas.shape[:2]
+    # Polygons only survive when every sample has one per box; a mix would misalign them.
+    have_segs = all(len(s.segments) == len(s.boxes) for s in samples) and sum(len(s.boxes) for s in samples) > 0
+    boxes, segs = [], []
+    for smp, (dx, dy) in zip(samples, offsets):
+        h, w = smp.img.shape[:2]
+        tile = (max(dx, 0), max(dy, 0), min(dx + w, W), min(dy + h, H))
+        shifted = [p + np.array([dx, dy], np.float32) for p in smp.segments] if have_segs else []
+        b, p = clip_polygons_and_boxes(smp.boxes + np.array([dx, dy, dx, dy], np.float32), shifted, tile)
+        boxes.append(b)
+        segs += p
     boxes = np.concatenate(boxes, 0) if boxes else np.zeros((0, 4), np.float32)
     cls = np.concatenate([s.cls for s in samples], 0).astype(np.int64)
-    # Polygons only survive when every sample has one per box; a mix would misalign them.
-    have_segs = all(len(s.segments) == len(s.boxes) for s in samples) and len(boxes) > 0
-    segs = [p + np.array([dx, dy], np.float32) for s, (dx, dy) in zip(samples, offsets) for p in s.segments]
-    boxes, idx = filter_boxes(boxes, np.arange(len(boxes)), canvas.shape[:2])
+    boxes, idx = filter_boxes(boxes, np.arange(len(boxes)), (H, W))
     return Sample(canvas, boxes, cls[idx], [segs[i] for i in idx] if have_segs else [])
 
 
@@ -60,17 +73,6 @@ def mosaic4(samples: list[Sample], s: int, rng: np.random.Generator) -> Sample:
     return _merge(samples, offsets, canvas)
 
 
-def _rescale(smp: Sample, f: float) -> Sample:
-    """Resize a sample's image by factor ``f`` (boxes and polygons follow)."""
-    h, w = smp.img.shape[:2]
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    img = cv2.resize(smp.img, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-    fx, fy = size[0] / w, size[1] / h
-    boxes = smp.boxes * np.array([fx, fy, fx, fy], np.float32)
-    segs = [p * np.array([fx, fy], np.float32) for p in smp.segments]
-    return Sample(img, boxes, smp.cls, segs)
-
-
 def mosaic9(samples: list[Sample], s: int, rng: np.random.Generator) -> Sample:
     """Nine samples at 2/3 scale on a 3x3 grid filling a 2s x 2s canvas, shifted by up to half a cell.
 
@@ -85,7 +87,7 @@ def mosaic9(samples: list[Sample], s: int, rng: np.random.Generator) -> Sample:
     shift_x, shift_y = (int(v) for v in rng.uniform(-cell / 2, cell / 2, 2))
     scaled, offsets = [], []
     for i, smp in enumerate(samples):
-        smp = _rescale(smp, 2 / 3)
+        smp = rescale_sample(smp, 2 / 3)
         row, col = divmod(i, 3)
         h, w = smp.img.shape[:2]
         # column 0 right-aligned, 1 centered, 2 left-aligned (same for rows): no gap at the center

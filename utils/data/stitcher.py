@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from utils.boxes import filter_boxes, xywh2xyxy, xyxy2xywh
+from utils.data.augment import PAD_VALUE  # letterbox gray, also used for empty tiles
 from utils.errors import ConfigError
 
-PAD_VALUE = 114  # YOLOv5 letterbox gray, used for padding and for empty tiles
-MIN_BOX_PX = 2.0  # boxes narrower or lower than this (output pixels) are dropped
+# A halved box at least one output pixel wide and high still covers a pixel, so it is kept: the
+# tiniest objects must stay labelled, not turn into background the loss learns as negatives.
+MIN_BOX_PX = 1.0
 
 
 def _pad_to(imgs: torch.Tensor, targets: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,9 +69,9 @@ def stitch(batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
     Returns:
         imgs: uint8 (ceil(sum B_k / 4), 3, H, W); with four equal batches that is (B, 3, H, W).
             Output image j holds images 4j..4j+3 of the concatenated batches, in the tiles
-            top-left, top-right, bottom-left, bottom-right. Missing tiles are gray (114).
+            top-left, top-right, bottom-left, bottom-right. Missing tiles are gray (PAD_VALUE).
         targets: float (M, 6) ``[bi, cls, cx, cy, w, h]`` normalized by the output (W, H); boxes are
-            clipped to their tile and dropped when under 2 output pixels wide or high.
+            clipped to their tile and dropped when under ``MIN_BOX_PX`` (1) output pixel wide or high.
     """
     if len(batches) != 4:
         raise ValueError(f"stitch needs 4 batches, got {len(batches)}")
@@ -105,7 +107,7 @@ def _stitch_targets(tgts: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     gi = tgts[:, 0].long()
     j, k = gi // 4, gi % 4
     boxes = tgts[:, 2:6] / 2  # pixel xyxy in the tile
-    # filter_boxes clips to the tile and drops < 2 px boxes; the row index rides along as "cls"
+    # filter_boxes clips to the tile and drops boxes under 1 px; the row index rides along as "cls"
     # so batch index and class of the kept boxes can be recovered.
     boxes, keep = filter_boxes(boxes, torch.arange(len(tgts)), (th, tw), min_size=MIN_BOX_PX)
     keep = torch.as_tensor(keep).long()

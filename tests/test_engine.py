@@ -1,0 +1,116 @@
+"""train_one_epoch and multi-scale on a stand-in model, loss and loader (fast, no dataset)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import train
+from utils.data.stitcher import StitchingLoader
+from utils.engine import RunSpec, multi_scale, train_one_epoch
+from utils.errors import TrainingError
+from utils.optim import Warmup
+
+GRID = 32
+
+
+def _batches(n: int, size: int = 64) -> list[tuple]:
+    """n collated batches of 2 uint8 images (2, 3, size, size) with one target each."""
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randint(0, 256, (2, 3, size, size), generator=g, dtype=torch.uint8),
+             torch.tensor([[0, 0, 0.5, 0.5, 0.2, 0.2], [1, 0, 0.5, 0.5, 0.3, 0.3]]), ("a", "b"), (None, None))
+            for _ in range(n)]
+
+
+class _Loss:
+    """Mean of the model output as the loss; ``value`` replaces it (e.g. nan) when set."""
+
+    def __init__(self, value: float | None = None):
+        self.value = value
+
+    def __call__(self, preds, targets):
+        loss = preds.mean() if self.value is None else preds.mean() * 0 + self.value
+        return loss, torch.zeros(3), {"fdl_ratio": 0.0, "fdl_gain": 1.0}
+
+
+class _CountingEMA:
+    def __init__(self):
+        self.updates = 0
+
+    def update(self, model):
+        self.updates += 1
+
+
+def _spec(multi: bool = False, accumulate: float = 1.0, warmup_iters: int = 0) -> RunSpec:
+    warmup = Warmup(warmup_iters, bias_lr=0.0, momentum=0.8, final_momentum=0.9, accumulate=accumulate)
+    return RunSpec(device=torch.device("cpu"), epochs=2, imgsz=64, grid=GRID, warmup=warmup, lf=lambda e: 1.0,
+                   multi_scale=multi, seed=0)
+
+
+def _epoch(batches, spec, loss=None, epoch=0, last_opt_step=-1):
+    model = nn.Conv2d(3, 1, 3, padding=1)
+    sizes = []
+    model.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[2:])))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ema = _CountingEMA()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    out = train_one_epoch(model, StitchingLoader(batches, 0.0), opt, loss or _Loss(), ema, scaler,
+                          spec=spec, epoch=epoch, last_opt_step=last_opt_step)
+    return out, sizes, ema.updates
+
+
+def test_multi_scale_sizes_are_grid_multiples_that_vary_within_half_to_one_and_a_half():
+    imgs = torch.rand(2, 3, 64, 96)
+    rng = random.Random(0)
+    shapes = [tuple(multi_scale(imgs, 96, GRID, rng).shape) for _ in range(30)]
+    assert all(s[:2] == (2, 3) and s[2] % GRID == 0 and s[3] % GRID == 0 for s in shapes)
+    long_sides = {max(s[2:]) for s in shapes}
+    assert long_sides == {64, 96, 128}  # the multiples of 32 in [48, 144]
+    for h, w in (s[2:] for s in shapes):  # aspect kept: the short side follows the long one
+        assert h == math.ceil(64 * w / 96 / GRID) * GRID
+    assert {max(multi_scale(imgs[..., :32], 32, GRID, rng).shape[2:]) for _ in range(10)} == {32}  # never 0
+    again = random.Random(0)
+    assert shapes == [tuple(multi_scale(imgs, 96, GRID, again).shape) for _ in range(30)]  # seeded
+
+
+def test_multi_scale_batches_reach_the_model_at_varying_sizes():
+    _, sizes, _ = _epoch(_batches(8), _spec(multi=True))
+    assert len(set(sizes)) >= 2 and all(h % GRID == 0 and w % GRID == 0 for h, w in sizes)
+    _, sizes, _ = _epoch(_batches(8), _spec(multi=False))
+    assert set(sizes) == {(64, 64)}
+
+
+def test_accumulation_steps_the_optimizer_every_nbs_over_batch_size_batches():
+    # accumulate 2 (nbs 32, batch 16), no warmup: iterations 0..5 step at 1, 3, 5
+    out, _, steps = _epoch(_batches(6), _spec(accumulate=2.0))
+    assert steps == 3 and out.last_opt_step == 5
+    # the next epoch continues the count across the boundary: iterations 6..11 step at 7, 9, 11
+    out, _, steps = _epoch(_batches(6), _spec(accumulate=2.0), epoch=1, last_opt_step=5)
+    assert steps == 3 and out.last_opt_step == 11
+    assert set(out.stats) == {"train/box_loss", "train/obj_loss", "train/cls_loss", "fdl/ratio", "fdl/gain",
+                              "stitch/fraction"}
+
+
+def test_non_finite_loss_and_empty_loader_raise_training_error():
+    with pytest.raises(TrainingError, match="nan"):
+        _epoch(_batches(2), _spec(), loss=_Loss(float("nan")))
+    with pytest.raises(TrainingError, match="no batches"):
+        _epoch([], _spec())
+
+
+def test_train_py_prints_a_training_error_as_one_line(monkeypatch, tmp_path, capsys):
+    class _Diverging:
+        def __init__(self, *a, **k):
+            pass
+
+        def fit(self):
+            raise TrainingError("loss is nan at epoch 0, batch 3; lower lr0 or check labels")
+
+    monkeypatch.setattr("utils.trainer.Trainer", _Diverging)
+    assert train.main(["--project", str(tmp_path), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["train.py: error: loss is nan at epoch 0, batch 3; lower lr0 or check labels"]
