@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noval", action="store_true", help="validate only after the final epoch")
     p.add_argument("--nosave", action="store_true", help="save only the final checkpoint")
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it")
+    p.add_argument("--close-mosaic", type=int, default=0, metavar="N",
+                   help="switch mosaic off for the last N epochs (train on whole frames, as val sees them)")
     return p.parse_args(argv)
 
 

@@ -80,20 +80,29 @@ def _resolve_arg(a, symbols: dict):
 
 def parse_model(d: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
     """Build the layer list from a model dict. Returns (layers, indices whose output is kept)."""
-    gd, gw = _multiples(d)
-    symbols = {"nc": d["nc"], "anchors": d.get("anchors", 3)}
+    try:  # a YAML of the wrong shape must give one clear error, not a traceback
+        gd, gw = _multiples(d)
+        symbols = {"nc": d["nc"], "anchors": d.get("anchors", 3)}
+        rows = list(d["backbone"]) + list(d["head"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelConfigError(f"model YAML needs 'nc', 'backbone' and 'head' lists and numeric scales "
+                               f"({type(e).__name__}: {e})") from None
     channels: list[int] = [ch]
     layers, save = [], set()
-    for i, row in enumerate(d["backbone"] + d["head"]):
-        if not (isinstance(row, list) and len(row) == 4):
+    for i, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) == 4 and isinstance(row[2], str)):
             raise ModelConfigError(f"model row {i} must be [from, number, module, args], got {row}")
         f, n, name, args = row
         cls = get_module(name.removeprefix("nn."))
-        args = [_resolve_arg(a, symbols) for a in (args or [])]
-        for k in cls.width_args:
-            args[k] = math.ceil(args[k] * gw / 8) * 8
-        n = max(round(n * gd), 1) if n > 1 else n
-        c_in = [channels[j if j == -1 else j + 1] for j in f] if isinstance(f, list) else channels[f if f == -1 else f + 1]
+        try:  # wrong types or an input index outside the graph
+            args = [_resolve_arg(a, symbols) for a in (args or [])]
+            for k in cls.width_args:
+                args[k] = math.ceil(args[k] * gw / 8) * 8
+            n = max(round(n * gd), 1) if n > 1 else n
+            c_in = ([channels[j if j == -1 else j + 1] for j in f] if isinstance(f, list)
+                    else channels[f if f == -1 else f + 1])
+        except (TypeError, ValueError, IndexError) as e:
+            raise ModelConfigError(f"model row {i} {row}: {type(e).__name__}: {e}") from None
         if cls.multi_input != isinstance(f, list):
             raise ModelConfigError(f"model row {i}: {name} takes {'a list of' if cls.multi_input else 'one'} input(s)")
         try:

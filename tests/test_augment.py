@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.data.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, random_perspective,
-                           resize_long_side)
+                                resize_long_side)
 from utils.boxes import xywh2xyxy
 from utils.data.dataset import YoloDataset
 from utils.data.mosaic import mixup, mosaic4, mosaic9

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from models.yolo import build_model
-from utils.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
+from utils.errors import CheckpointError
 from utils.hyp import load_hyp
 
 

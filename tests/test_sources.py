@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from utils.data.config import load_data_config
-from utils.sources import SourceError, load_source, source_stem
+from utils.errors import SourceError
+from utils.sources import load_source, source_stem
 
 W, H = 96, 64
 

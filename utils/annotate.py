@@ -26,6 +26,11 @@ def class_color(cls: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
+def class_name(names, c: int) -> str:
+    """The name of class ``c``, or its number when ``names`` has no entry for it."""
+    return str(names[c]) if 0 <= c < len(names) else str(c)
+
+
 def default_line_width(img_shape: tuple[int, ...]) -> int:
     """Line width that stays visible on 4K frames and thin on small ones (YOLOv5's rule)."""
     return max(round(sum(img_shape[:2]) / 2 * 0.003), 2)
@@ -76,7 +81,7 @@ def draw_detections(img: np.ndarray, det: torch.Tensor, names: list[str],
     # Draw the least confident first so the most confident labels end up on top.
     for *xyxy, conf, cls in reversed(det.tolist()):
         c = int(cls)
-        name = names[c] if 0 <= c < len(names) else str(c)
+        name = class_name(names, c)
         label = "" if hide_labels else (name if hide_conf else f"{name} {conf:.2f}")
         box_label(img, xyxy, label, class_color(c), lw)
     return img

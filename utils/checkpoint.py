@@ -1,10 +1,10 @@
 """Checkpoints: atomic writes, safe loading (weights_only=True) and model reconstruction.
 
 A checkpoint is a plain dict of tensors and builtins:
-    task ('detect'), model_cfg (model YAML dict), model (state_dict, EMA weights when training
-    used EMA), names (list[str]), nc, hyp (dict), epoch (int, -1 when finished), best_fitness,
-    optimizer (state_dict or None), ema (EMA state_dict or None), ema_updates, train_args (dict),
-    date (ISO string).
+    task ('detect'), model_cfg (model YAML dict), model (state_dict of the EMA weights), names
+    (list[str]), nc, hyp (dict), epoch (int, -1 when finished), best_fitness, optimizer
+    (state_dict, None when finished), train_model (state_dict of the raw training weights, None
+    when finished), ema_updates, train_args (TrainConfig.to_dict()), date (ISO string).
 Anchors live in the state_dict (buffer ``model.<i>.anchors``), so refitted anchors travel with it.
 """
 
@@ -48,9 +48,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read weights {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        first = (str(e).strip().splitlines() or ["empty or truncated file"])[0]  # an empty file: no message
+        raise CheckpointError(f"cannot read weights {path}: {type(e).__name__}: {first[:200]}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a checkpoint of this project (expected keys {list(REQUIRED_KEYS)})")
+    if not all(isinstance(ckpt[k], t) for k, t in (("model_cfg", dict), ("model", dict), ("names", list))):
+        raise CheckpointError(f"{path} is malformed: 'model_cfg' and 'model' must be dicts and 'names' a list")
     if ckpt["task"] != "detect":
         raise CheckpointError(f"{path} is a '{ckpt['task']}' checkpoint; this tool needs a 'detect' checkpoint")
     return ckpt
@@ -74,7 +77,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the stored model graph: {str(e)[:200]}") from None
+        detail = " ".join(str(e).split())[:200]  # torch's message spans lines; the CLI prints one
+        raise CheckpointError(f"{path}: weights do not match the stored model graph: {detail}") from None
     return model.float().to(device).eval(), ckpt
 
 

@@ -26,6 +26,7 @@ from utils.errors import MissingFileError
 from utils.metrics import APResult, ConfusionMatrix, DetectionStats
 from utils.nms import non_max_suppression
 from utils.tta import tta_predict
+from utils.annotate import class_name
 
 LOSS_KEYS = ("val/box_loss", "val/obj_loss", "val/cls_loss")
 
@@ -202,7 +203,7 @@ def _result(acc: _Accumulator, names: list[str], loss: list[float] | None, gt_fr
     metrics = {**res.mean(), **coco_stats}
     if loss is not None:
         metrics.update(zip(LOSS_KEYS, loss))
-    per_class = [{"class": names[c] if c < len(names) else str(c), "images": acc.stats.images_per_class.get(c, 0),
+    per_class = [{"class": class_name(names, c), "images": acc.stats.images_per_class.get(c, 0),
                   "instances": int(res.nt[i]), "P": float(res.p[i]), "R": float(res.r[i]),
                   "mAP50": float(res.ap50[i]), "mAP50-95": float(res.ap50_95[i])}
                  for i, c in enumerate(res.classes.tolist())]

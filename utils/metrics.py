@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torchvision.ops import box_iou
+from utils.annotate import class_name
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP@0.5:0.95, the 10 COCO IoU thresholds
 
@@ -54,20 +55,32 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor,
     same_class = labels[:, 0:1] == detections[:, 5]  # (m, n)
     iou = (iou * same_class).cpu().numpy()
     for j, thr in enumerate(iouv.tolist()):
-        li, di = np.nonzero(iou >= thr)
-        if li.size == 0:
-            continue
-        order = np.argsort(-iou[li, di], kind="stable")
-        li, di = li[order], di[order]
-        # np.unique keeps the first (highest-IoU) occurrence: one label per detection...
-        _, keep = np.unique(di, return_index=True)
-        li, di = li[keep], di[keep]
-        order = np.argsort(-iou[li, di], kind="stable")
-        li, di = li[order], di[order]
-        # ...then one detection per label
-        _, keep = np.unique(li, return_index=True)
-        correct[di[keep], j] = True
+        _, di = greedy_match(iou, iou >= thr)
+        correct[di, j] = True
     return torch.from_numpy(correct)
+
+
+def greedy_match(iou: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one label/detection pairs among ``candidates``, highest IoU first (YOLOv5's matching).
+
+    Args:
+        iou: (m, n) IoU of labels (rows) and detections (columns).
+        candidates: (m, n) bool, the pairs allowed to match (e.g. IoU above a threshold).
+
+    Returns:
+        (label indices, detection indices), equal length, each index used at most once.
+    """
+    li, di = np.nonzero(candidates)
+    order = np.argsort(-iou[li, di], kind="stable")
+    li, di = li[order], di[order]
+    # np.unique keeps the first (highest-IoU) occurrence: one label per detection...
+    _, keep = np.unique(di, return_index=True)
+    li, di = li[keep], di[keep]
+    order = np.argsort(-iou[li, di], kind="stable")
+    li, di = li[order], di[order]
+    # ...then one detection per label
+    _, keep = np.unique(li, return_index=True)
+    return li[keep], di[keep]
 
 
 def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray]:
@@ -244,15 +257,7 @@ class ConfusionMatrix:
         gi, di = np.zeros(0, int), np.zeros(0, int)
         if labels.shape[0] and detections.shape[0]:
             iou = box_iou(labels[:, 1:5].float(), detections[:, :4].float()).cpu().numpy()
-            gi, di = np.nonzero(iou > self.iou_thres)
-            order = np.argsort(-iou[gi, di], kind="stable")
-            gi, di = gi[order], di[order]
-            _, keep = np.unique(di, return_index=True)  # each detection once, best IoU first
-            gi, di = gi[keep], di[keep]
-            order = np.argsort(-iou[gi, di], kind="stable")
-            gi, di = gi[order], di[order]
-            _, keep = np.unique(gi, return_index=True)  # each label once
-            gi, di = gi[keep], di[keep]
+            gi, di = greedy_match(iou, iou > self.iou_thres)
         np.add.at(self.matrix, (det_cls[di], gt_cls[gi]), 1)
         missed = np.setdiff1d(np.arange(gt_cls.size), gi)
         np.add.at(self.matrix, (self.nc, gt_cls[missed]), 1)
@@ -270,7 +275,7 @@ def format_class_table(result: APResult, names: list[str], num_images: int,
     if verbose:
         images_per_class = images_per_class or {}
         for i, c in enumerate(result.classes.tolist()):
-            name = names[c] if 0 <= c < len(names) else str(c)
+            name = class_name(names, c)
             rows.append(fmt % (name, images_per_class.get(c, 0), result.nt[i], result.p[i],
                                result.r[i], result.ap50[i], result.ap50_95[i]))
     return "\n".join(rows)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from utils.boxes import xyxy2xywh
+from utils.annotate import class_color, class_name
 
 COCO_SIDE_BINS = (32, 96)  # small < 32^2 <= medium < 96^2 <= large (sides in px)
 
@@ -38,10 +39,6 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def _class_name(names: Sequence[str], c: int) -> str:
-    return str(names[c]) if 0 <= c < len(names) else str(c)
-
-
 def plot_pr_curve(recall: np.ndarray, pr_curve: np.ndarray, ap50: np.ndarray, classes: np.ndarray,
                   names: Sequence[str], save_path: str | Path) -> Path:
     """Precision-recall curve at IoU 0.5 per class (legend when <= 20 classes) and their mean.
@@ -53,7 +50,7 @@ def plot_pr_curve(recall: np.ndarray, pr_curve: np.ndarray, ap50: np.ndarray, cl
     ax = fig.add_subplot()
     show_legend = 0 < len(classes) <= 20
     for i, c in enumerate(classes.tolist()):
-        label = f"{_class_name(names, c)} {ap50[i]:.3f}" if show_legend else None
+        label = f"{class_name(names, c)} {ap50[i]:.3f}" if show_legend else None
         ax.plot(recall, pr_curve[i], linewidth=1, label=label)
     if len(classes):
         ax.plot(recall, pr_curve.mean(0), linewidth=3, color="blue", label=f"all classes {ap50.mean():.3f} mAP@0.5")
@@ -70,7 +67,7 @@ def plot_metric_curve(px: np.ndarray, curves: np.ndarray, classes: np.ndarray, n
     ax = fig.add_subplot()
     show_legend = 0 < len(classes) <= 20
     for i, c in enumerate(classes.tolist()):
-        ax.plot(px, curves[i], linewidth=1, label=_class_name(names, c) if show_legend else None)
+        ax.plot(px, curves[i], linewidth=1, label=class_name(names, c) if show_legend else None)
     if len(classes):
         mean = curves.mean(0)
         best = int(mean.argmax())
@@ -91,7 +88,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], save_path: s
         m = m / (m.sum(0, keepdims=True) + 1e-9)
     m[m < 0.005] = np.nan  # blank cells read better than a sea of zeros
     nc = matrix.shape[0] - 1
-    labels = [*(_class_name(names, i) for i in range(nc)), "background"]
+    labels = [*(class_name(names, i) for i in range(nc)), "background"]
     fig = new_figure((10, 8))
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
@@ -154,7 +151,7 @@ def plot_labels(labels_list: Sequence[np.ndarray], names: Sequence[str], save_pa
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax1.bar(range(nc), np.bincount(cls, minlength=nc))
     if nc <= 30:
-        ax1.set_xticks(range(nc), [_class_name(names, i) for i in range(nc)], rotation=90, fontsize=7)
+        ax1.set_xticks(range(nc), [class_name(names, i) for i in range(nc)], rotation=90, fontsize=7)
     ax1.set(ylabel="instances", title=f"{cls.size} instances")
     top = max(float(wh.max()) if wh.size else 1.0, 128.0)
     edges = np.linspace(0, top, 60)
@@ -169,13 +166,6 @@ def plot_labels(labels_list: Sequence[np.ndarray], names: Sequence[str], save_pa
             title=f"box sizes: {small} of {len(wh)} COCO-small (< 32x32)")
     ax2.legend()
     return save_figure(fig, save_path)
-
-
-def _colour(c: int) -> tuple[int, int, int]:
-    """A fixed, distinct BGR colour per class id."""
-    hue = (c * 0.61803398875) % 1.0  # golden-ratio steps spread consecutive ids around the wheel
-    hsv = np.uint8([[[int(hue * 179), 220, 255]]])
-    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
 def plot_images(imgs: torch.Tensor | np.ndarray, targets: torch.Tensor | np.ndarray,
@@ -234,9 +224,9 @@ def _draw_targets(mosaic: np.ndarray, t: np.ndarray, origin: tuple[int, int], si
         c = int(row[1])
         p1 = (int(x0 + cx - bw / 2), int(y0 + cy - bh / 2))
         p2 = (int(x0 + cx + bw / 2), int(y0 + cy + bh / 2))
-        colour = _colour(c)
+        colour = class_color(c)
         cv2.rectangle(mosaic, p1, p2, colour, 1, cv2.LINE_AA)
-        label = _class_name(names, c) if names is not None else str(c)
+        label = class_name(names, c) if names is not None else str(c)
         if has_conf:
             label = f"{label} {row[6]:.2f}"
         cv2.putText(mosaic, label, (p1[0], max(p1[1] - 2, y0 + 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, colour, 1,

@@ -53,6 +53,7 @@ class TrainConfig:
     noval: bool = False  # validate only after the final epoch
     nosave: bool = False  # save only the final checkpoint
     nbs: int = 64  # nominal batch size: gradients accumulate up to it
+    close_mosaic: int = 0  # mosaic off for the last N epochs (0 = mosaic throughout, as YOLOv5)
 
     def __post_init__(self) -> None:
         # A frozen dataclass: normalize through object.__setattr__ (a tuple from a caller becomes a list).
@@ -60,6 +61,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "imgsz", "nbs", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.close_mosaic < 0:
+            raise ConfigError(f"close_mosaic must be >= 0, got {self.close_mosaic}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.optimizer not in OPTIMIZERS:

@@ -19,7 +19,7 @@ import yaml
 from utils.autoanchor import check_anchors, label_wh_px
 from utils.checkpoint import build_model_checked, build_train_model, save_checkpoint
 from utils.data.config import load_data_config
-from utils.data.loader import build_dataloader
+from utils.data.loader import build_dataloader, make_loader
 from utils.data.stitcher import StitchingLoader
 from utils.engine import RunSpec, train_one_epoch
 from utils.errors import ConfigError, DatasetError, LabelError
@@ -147,7 +147,7 @@ class Trainer:
             "names": list(self.names), "nc": self.data["nc"], "hyp": self.hyp,
             "epoch": -1 if final else epoch, "best_fitness": self.best_fitness,
             "optimizer": None if final else self.optimizer.state_dict(),
-            "train_model": None if final else _float_state(self.model), "ema": None,
+            "train_model": None if final else _float_state(self.model),
             "ema_updates": self.ema.updates, "train_args": self.config.to_dict(),
             "date": datetime.now().isoformat(timespec="seconds"),
         }
@@ -162,6 +162,15 @@ class Trainer:
         print_results(result, self.names)
         return result.as_dict()
 
+    def _close_mosaic(self) -> None:
+        """Train the last epochs on whole letterboxed frames: the distribution val sees."""
+        c = self.config
+        print(f"Closing mosaic for the last {c.close_mosaic} epochs")
+        self.train_ds.mosaic = False
+        # persistent workers hold their own copy of the dataset: start new ones; the Stitcher keeps its feedback
+        self.train_loader = make_loader(self.train_ds, c.batch_size, c.workers, shuffle=True, seed=c.seed + 1)
+        self.loader.loader = self.train_loader
+
     def _on_batch(self, ni: int, imgs: torch.Tensor, targets: torch.Tensor, paths) -> None:
         if ni < 3:
             plot_train_batch(imgs, targets, paths, self.save_dir / f"train_batch{ni}.jpg")
@@ -174,6 +183,8 @@ class Trainer:
         print(f"Image sizes {c.imgsz} train, {c.imgsz} val; {c.workers} workers; logging to {self.save_dir}\n"
               f"Starting training for {c.epochs} epochs...")
         for epoch in range(self.start_epoch, c.epochs):
+            if c.close_mosaic and epoch >= c.epochs - c.close_mosaic and self.train_ds.mosaic:
+                self._close_mosaic()
             result = train_one_epoch(self.model, self.loader, self.optimizer, self.compute_loss, self.ema,
                                      self.scaler, spec=self.spec, epoch=epoch, last_opt_step=last_opt_step,
                                      on_batch=self._on_batch if epoch == 0 else None)

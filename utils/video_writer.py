@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.annotate import draw_detections, save_crop
+from utils.annotate import class_name, draw_detections, save_crop
 from utils.sources import SourceItem, source_stem
 from utils.yolo_txt import write_yolo_txt
 
@@ -121,7 +121,7 @@ class ResultWriter:
                 self._show(str(item.path), annotated)
 
     def _name(self, cls: int) -> str:
-        return self.names[cls] if 0 <= cls < len(self.names) else str(cls)
+        return class_name(self.names, cls)
 
     def _write_txt(self, path: Path, det: torch.Tensor, shape_hw: tuple[int, int]) -> None:
         write_yolo_txt(path, det, shape_hw, self.save_conf)

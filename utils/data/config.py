@@ -125,6 +125,9 @@ def load_data_config(path: str | Path) -> dict[str, Any]:
     for key in ("train", "val", "names"):
         if raw.get(key) in (None, "", []):
             raise DatasetError(f"dataset YAML {yaml_file} is missing '{key}'")
+    for key in ("path", *JSON_KEYS):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise DatasetError(f"'{key}' must be a path (string) in {yaml_file}, got {raw[key]!r}")
 
     root = Path(raw.get("path") or ".")
     # abspath, not resolve: a symlinked images/ folder must keep its sibling labels/ folder.

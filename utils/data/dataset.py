@@ -27,24 +27,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.data.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, rand_bool,
-                           random_perspective, resize_long_side)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
+from utils.data.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, rand_bool,
+                                random_perspective, resize_long_side)
 from utils.data.copy_paste import copy_paste_small
 from utils.data.label_cache import load_labels
 from utils.data.mosaic import mixup, mosaic4, mosaic9
 from utils.data.native_crop import native_crop
 from utils.errors import ConfigError
+from utils.hyp import load_hyp
 
 LOGGER = logging.getLogger(__name__)
 SMALL_AREA = 32 * 32  # COCO "small", in original-image pixels
-# Used only for keys a partial hyp dict leaves out (full hyp files are validated by utils/hyp.py).
-AUG_DEFAULTS: dict[str, Any] = {
-    "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "degrees": 0.0, "translate": 0.1, "scale": 0.5,
-    "shear": 0.0, "perspective": 0.0, "flipud": 0.0, "fliplr": 0.5, "mosaic": 1.0, "mosaic9": 0.0,
-    "mixup": 0.0, "albumentations": 0.0, "copy_paste": 0.0, "cp_area": 1024.0, "cp_times": 1,
-    "small_oversample": 1, "native_crop": 0.0, "native_scale": 1.0, "crop_bias": 0.5,
-}
 
 
 def rect_batch_shapes(shapes_wh: np.ndarray, batch_size: int, imgsz: int, stride: int,
@@ -109,7 +103,7 @@ class YoloDataset(Dataset):
         if augment and hyp is None:
             raise ValueError("augment=True needs a hyp dict (augmentation settings)")
         self.imgsz, self.augment, self.rect, self.stride, self.prefix = imgsz, augment, rect, stride, prefix
-        self.hyp = {**AUG_DEFAULTS, **(hyp or {})}
+        self.hyp = {**load_hyp(), **(hyp or {})}  # keys a partial hyp dict leaves out: the defaults file
         _check_native(self.hyp)
         ls = load_labels(list(img_files), prefix=prefix)
         self.img_files, self.label_files = ls.img_files, ls.label_files

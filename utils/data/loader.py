@@ -50,6 +50,15 @@ def build_dataloader(img_files: list[str], imgsz: int, batch_size: int, stride: 
     if rect and shuffle:
         LOGGER.warning("%sWARNING: rect batches cannot be shuffled, using shuffle=False", prefix)
         shuffle = False
+    return make_loader(dataset, batch_size, workers, shuffle, seed), dataset
+
+
+def make_loader(dataset: YoloDataset, batch_size: int, workers: int, shuffle: bool, seed: int) -> DataLoader:
+    """A seeded DataLoader over ``dataset`` (new worker processes get a fresh copy of it).
+
+    Called again when the dataset changes mid-run (e.g. mosaic switched off for the last epochs),
+    since persistent workers keep the copy they were started with.
+    """
     batch_size = min(batch_size, len(dataset))
     workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
     if workers > 0:
@@ -58,7 +67,7 @@ def build_dataloader(img_files: list[str], imgsz: int, batch_size: int, stride: 
         cv2.setNumThreads(0)
     generator = torch.Generator()
     generator.manual_seed(seed)
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
@@ -69,4 +78,3 @@ def build_dataloader(img_files: list[str], imgsz: int, batch_size: int, stride: 
         generator=generator,
         persistent_workers=workers > 0,
     )
-    return loader, dataset
