@@ -27,7 +27,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from utils.checkpoint import load_model
-from utils.errors import ConfigError, SodError
+from utils.cli import add_inference_flags, run_cli
+from utils.errors import ConfigError
 from utils.run_dir import increment_path
 from utils.slicing import MATCH_METRICS, MERGE_MODES, predict_image, sliced_predict, tile_coordinates
 from utils.sources import load_source, quiet_video_logs
@@ -48,26 +49,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="image, folder, glob, video, .txt list, webcam index or rtsp/http URL "
                         "(default: the bundled sample's validation images)")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="inference size h,w")
-    p.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
-    p.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
-    p.add_argument("--device", default="", help="cuda device, i.e. 0 or cpu")
+    add_inference_flags(p, conf_thres=0.25, iou_thres=0.45, max_det=1000)
     p.add_argument("--view-img", action="store_true", help="show results in a window")
-    p.add_argument("--save-txt", action="store_true", help="save results to labels/*.txt")
-    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
     p.add_argument("--save-crop", action="store_true", help="save cropped prediction boxes")
-    p.add_argument("--save-json", action="store_true", help="save predictions.json (COCO results format)")
     p.add_argument("--nosave", action="store_true", help="do not save annotated images/videos")
     p.add_argument("--classes", nargs="+", type=int, help="keep only these classes: --classes 0, or --classes 0 2 3")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
-    p.add_argument("--augment", action="store_true", help="test-time augmentation (scales and flip)")
     p.add_argument("--project", default="runs/detect", help="save results to project/name")
     p.add_argument("--name", default="exp", help="save results to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--line-thickness", default=None, type=int, help="bounding box thickness (pixels); default from image size")
     p.add_argument("--hide-labels", action="store_true", help="hide labels")
     p.add_argument("--hide-conf", action="store_true", help="hide confidences")
-    p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA)")
     p.add_argument("--vid-stride", type=int, default=1, help="video frame-rate stride")
     s = p.add_argument_group("sliced inference (SAHI style)")
     s.add_argument("--slice", type=int, default=0, metavar="SIZE", help="tile side in pixels (0: off)")
@@ -228,15 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     quiet_video_logs()
     args = parse_args(argv)
-    try:
-        run(args)
-    except SodError as e:
-        print(f"detect.py: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("detect.py: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli("detect.py", lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from utils.checkpoint import load_model
-from utils.errors import ConfigError, SodError
+from utils.cli import run_cli
+from utils.errors import ConfigError
 
 FORMATS = ("torchscript", "onnx")
 
@@ -68,27 +69,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        model, ckpt = load_model(args.weights, "cpu")
-        model.fuse()
-        h, w = (args.imgsz * 2)[:2]
-        stride = int(model.stride.max())
-        if h % stride or w % stride:
-            raise ConfigError(f"--imgsz {h} {w} must be multiples of the largest stride {stride}")
-        example = torch.zeros(args.batch_size, 3, h, w)
-        with torch.no_grad():
-            shape = tuple(model.predict(example).shape)
-        weights = Path(args.weights)
-        for fmt in args.include:
-            if fmt == "torchscript":
-                out = export_torchscript(model, example, weights.with_suffix(".torchscript"))
-            else:
-                out = export_onnx(model, example, weights.with_suffix(".onnx"), args.opset, args.dynamic)
-            print(f"{fmt}: {out} ({out.stat().st_size / 1e6:.1f} MB), input {tuple(example.shape)}, output {shape}")
-    except SodError as e:
-        print(f"export.py: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli("export.py", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
+    """Export --weights to each --include format beside the checkpoint."""
+    model, _ = load_model(args.weights, "cpu")
+    model.fuse()
+    h, w = (args.imgsz * 2)[:2]
+    stride = int(model.stride.max())
+    if h % stride or w % stride:
+        raise ConfigError(f"--imgsz {h} {w} must be multiples of the largest stride {stride}")
+    example = torch.zeros(args.batch_size, 3, h, w)
+    with torch.no_grad():
+        shape = tuple(model.predict(example).shape)
+    weights = Path(args.weights)
+    for fmt in args.include:
+        if fmt == "torchscript":
+            out = export_torchscript(model, example, weights.with_suffix(".torchscript"))
+        else:
+            out = export_onnx(model, example, weights.with_suffix(".onnx"), args.opset, args.dynamic)
+        print(f"{fmt}: {out} ({out.stat().st_size / 1e6:.1f} MB), input {tuple(example.shape)}, output {shape}")
 
 
 if __name__ == "__main__":

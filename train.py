@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import load_checkpoint
-from utils.errors import CheckpointError, SodError
+from utils.cli import run_cli
+from utils.errors import CheckpointError
 from utils.optim import OPTIMIZERS
 from utils.run_dir import find_resume_checkpoint, increment_path
 from utils.train_config import TrainConfig
@@ -67,27 +68,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # library modules log through `logging` (label scan, image cache): show their INFO lines
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    try:
-        from utils.trainer import Trainer
+    return run_cli("train.py", lambda: run(args), on_interrupt="interrupted; continue with `python train.py --resume`")
 
-        ckpt = None
-        if args.resume:
-            config, ckpt, last = _resume(args)
-            save_dir = last.parent.parent
-        else:
-            config = TrainConfig.from_args(args)
-            save_dir = increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok)
-        trainer = Trainer(config, save_dir, resume_ckpt=ckpt)
-        metrics = trainer.fit()
-    except SodError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ntrain.py: interrupted; continue with `python train.py --resume`", file=sys.stderr)
-        return 130
+
+def run(args: argparse.Namespace) -> dict:
+    """Train a new run, or continue one with --resume; returns the final metrics of best.pt."""
+    from utils.trainer import Trainer
+
+    ckpt = None
+    if args.resume:
+        config, ckpt, last = _resume(args)
+        save_dir = last.parent.parent
+    else:
+        config = TrainConfig.from_args(args)
+        save_dir = increment_path(Path(config.project) / config.name, exist_ok=config.exist_ok)
+    metrics = Trainer(config, save_dir, resume_ckpt=ckpt).fit()
     summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("P", "R", "mAP50", "mAP50-95", "AP", "APs", "APm", "APl") if k in metrics)
     print(f"\nFinal (best.pt): {summary}\nResults saved to {save_dir}")
-    return 0
+    return metrics
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from utils.coco_eval import DEFAULT_AREA_RANGES, evaluate_files, format_coco_table, parse_area_ranges
-from utils.errors import ConfigError, DatasetError, SodError
+from utils.cli import add_inference_flags, run_cli
+from utils.errors import ConfigError, DatasetError
 from utils.eval_output import BatchPlotter, print_results, save_json, save_plots, save_txt
 from utils.evaluation import EvalResult, evaluate
 
@@ -33,18 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=str, help="checkpoint (.pt) to evaluate")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
-    p.add_argument("--conf-thres", type=float, default=0.001)
-    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    add_inference_flags(p, conf_thres=0.001, iou_thres=0.6, max_det=300)
     p.add_argument("--task", choices=("val", "test"), default="val", help="dataset split")
-    p.add_argument("--device", default="", help="'' (auto), cpu, 0, cuda:0")
     p.add_argument("--workers", type=int, default=4, help="dataloader workers")
-    p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
-    p.add_argument("--augment", action="store_true", help="test-time augmentation (flip, scales 0.83/0.67)")
     p.add_argument("--verbose", action="store_true", help="per-class table")
-    p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO results format)")
-    p.add_argument("--save-txt", action="store_true", help="write YOLO txt predictions to labels/")
-    p.add_argument("--save-conf", action="store_true", help="add the confidence to --save-txt lines")
     p.add_argument("--area-ranges", nargs="*", default=list(DEFAULT_AREA_RANGES), metavar="NAME=MIN,MAX",
                    help="extra COCO size bins, box side in original pixels (default: tiny=0,16; none: no extras)")
     p.add_argument("--project", default="runs/val", help="save results to project/name")
@@ -139,18 +132,18 @@ def run(args: argparse.Namespace, area_ranges: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line to stderr and return 1."""
     args = parse_args(argv)
-    try:
-        area_ranges = parse_area_ranges(args.area_ranges)
-        if args.pred or (args.coco_gt and not args.weights):
-            if not (args.pred and args.coco_gt):
-                raise ConfigError("--pred and --coco-gt go together (or add --weights and --data)")
-            run_files(args.coco_gt, args.pred, area_ranges)
-        else:
-            run(args, area_ranges)
-    except SodError as e:
-        print(f"val.py: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli("val.py", lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    """A results file against --coco-gt, or --weights on a dataset split."""
+    area_ranges = parse_area_ranges(args.area_ranges)
+    if args.pred or (args.coco_gt and not args.weights):
+        if not (args.pred and args.coco_gt):
+            raise ConfigError("--pred and --coco-gt go together (or add --weights and --data)")
+        run_files(args.coco_gt, args.pred, area_ranges)
+    else:
+        run(args, area_ranges)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ slicing, TTA, validation and export do not need to know which head ran.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -27,8 +25,8 @@ def grid_points(shapes: list[tuple[int, int]], strides, device=None,
                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Prediction points of all levels, in the order the head flattens them (level, row, column).
 
-    ``strides``: one per level, floats or a 1-D tensor (a tensor keeps tracing free of Python
-    constants taken from buffers). Returns (points (N, 2) [x, y] cell centres in input pixels,
+    ``strides``: one per level, floats or 0-d tensors (tensors keep a traced graph reading the
+    stride buffer instead of Python constants). Returns (points (N, 2) [x, y] cell centres in input pixels,
     strides (N,)) with N = sum of ny * nx over the levels.
     """
     pts, strd = [], []
@@ -100,7 +98,7 @@ class DecoupledDetect(nn.Module):
         constant and break dynamic-size ONNX).
         """
         if torch.jit.is_tracing():
-            return grid_points(shapes, self.stride.to(dtype), device, dtype)
+            return grid_points(shapes, self.stride.to(dtype).unbind(0), device, dtype)
         strides = self.stride.tolist()
         key = (tuple(shapes), tuple(strides), str(device), dtype)
         if key not in self._grid_cache:

@@ -99,8 +99,9 @@ def parse_model(d: dict, ch: int = 3) -> tuple[nn.Sequential, list[int]]:
             for k in cls.width_args:
                 args[k] = math.ceil(args[k] * gw / 8) * 8
             n = max(round(n * gd), 1) if n > 1 else n
-            c_in = ([channels[j if j == -1 else j + 1] for j in f] if isinstance(f, list)
-                    else channels[f if f == -1 else f + 1])
+            # channels[0] is the image; row r's output is channels[r + 1], and -k is k rows back
+            c_in = ([channels[j if j < 0 else j + 1] for j in f] if isinstance(f, list)
+                    else channels[f if f < 0 else f + 1])
         except (TypeError, ValueError, IndexError) as e:
             raise ModelConfigError(f"model row {i} {row}: {type(e).__name__}: {e}") from None
         if cls.multi_input != isinstance(f, list):

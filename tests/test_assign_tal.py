@@ -1,7 +1,5 @@
 """Task-aligned assigner on hand-built cases: known points, known GT boxes, known predictions."""
 
-import math
-
 import pytest
 import torch
 
@@ -69,6 +67,8 @@ def test_point_claimed_by_two_gts_keeps_the_higher_iou():
     assert fg.tolist() == [[True, True]]
     assert gt_idx.tolist() == [[1, 0]]  # point 0: IoU 1 with small beats IoU 400/2560 with big
     assert tb[0, 0].tolist() == small and tb[0, 1].tolist() == big
+    # each GT keeps one positive: its target score is its own IoU (960 / 2560 for the big box)
+    assert ts[0, :, 0].tolist() == pytest.approx([1.0, _iou(big, [40.0, 0.0, 64.0, 40.0])], rel=1e-5)
 
 
 def test_no_targets_and_padding_rows_assign_nothing():
@@ -85,8 +85,8 @@ def test_padding_row_in_one_image_does_not_leak():
     points, strides = _points(8, 8.0)
     preds = _shifted_predictions(points)[None].repeat(2, 1, 1)
     boxes = torch.tensor([[GT], [GT]])
-    tb, ts, fg, _ = TaskAlignedAssigner(topk=3)(torch.full((2, 64, 1), 0.5), preds, points, strides,
-                                               torch.zeros(2, 1, dtype=torch.long), boxes, torch.tensor([[True], [False]]))
+    _, _, fg, _ = TaskAlignedAssigner(topk=3)(torch.full((2, 64, 1), 0.5), preds, points, strides,
+                                              torch.zeros(2, 1, dtype=torch.long), boxes, torch.tensor([[True], [False]]))
     assert fg[0].sum() == 3 and fg[1].sum() == 0
 
 
@@ -116,4 +116,3 @@ def test_candidates_cover_every_level():
     box = torch.tensor([[[0.0, 0.0, 32.0, 32.0]]])
     cand = candidates(points, strides, box, torch.tensor([[True]]))[0, 0]
     assert cand[:64].sum() == 16 and cand[64:].sum() == 4  # 4x4 stride-8 and 2x2 stride-16 centres
-    assert not math.isnan(float(cand.sum()))

@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from models.head_decoupled import DecoupledDetect

@@ -138,3 +138,16 @@ def test_readme_params_and_gflops(name, nc, params_m, gflops):
     reported = float(re.search(r"([\d.]+) GFLOPs", text)[1])
     assert abs(reported - gflops) <= 0.05 + 1e-9, f"{name}: info() says {reported} GFLOPs"
     assert abs(sum(conv_flops) / 1e9 - gflops) <= 0.05 + 1e-9, f"{name}: {sum(conv_flops) / 1e9:.2f} GFLOPs by hooks"
+
+
+def test_negative_from_reads_the_channels_of_that_row():
+    """`from: -2` takes the output two rows back: its channels, not the previous row's."""
+    cfg = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": 1,
+           "backbone": [[-1, 1, "Conv", [16, 3, 2]],      # 0: 16 ch
+                        [-1, 1, "Conv", [24, 3, 1]],      # 1: 24 ch
+                        [-2, 1, "Conv", [32, 3, 2]]],     # 2: reads row 0 (16 ch)
+           "head": [[[2], 1, "Detect", ["nc", "anchors"]]]}
+    model = build_model(cfg)
+    assert model.model[2].conv.in_channels == 16
+    out = model(torch.zeros(1, 3, 64, 64))
+    assert out[0].shape[2:4] == (16, 16)

@@ -59,10 +59,23 @@ def read_yaml(path: str | Path, what: str = "YAML file"):
         with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: malformed {what}: {e.problem or e.context}") from None
+        raise ConfigError(f"{yaml_error_where(path, e)}: malformed {what}: {yaml_error_text(e)}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed {what}: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: {what} is not UTF-8 text") from None
+
+
+def yaml_error_where(path, e) -> str:
+    """``file:line:column`` of a PyYAML error (1-based), or the file alone without a mark."""
+    mark = e.problem_mark or e.context_mark
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+
+
+def yaml_error_text(e) -> str:
+    """The problem, plus where the unclosed construct began when PyYAML found it lines later."""
+    text = e.problem or e.context or "syntax error"
+    if e.context and e.context_mark is not None and e.problem_mark is not None \
+            and e.context_mark.line != e.problem_mark.line:
+        text += f" ({e.context} that starts at line {e.context_mark.line + 1})"
+    return text
