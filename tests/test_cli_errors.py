@@ -7,10 +7,7 @@ script runs in a real subprocess, so a traceback printed by the interpreter woul
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,7 @@ import yaml
 import detect
 import train
 import val
-from models.yolo import build_model
-from utils.checkpoint import save_checkpoint
+from tests.helpers import run_script, untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "hit-uav-sample"
@@ -42,19 +38,7 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """An untrained 4-class yolov5n checkpoint (no training: only its loading matters here)."""
-    torch.manual_seed(0)
-    model = build_model(ROOT / "models" / "yolov5n.yaml", nc=4)
-    path = tmp_path_factory.mktemp("weights") / "w.pt"
-    save_checkpoint({"task": "detect", "model_cfg": model.yaml, "model": model.state_dict(),
-                     "names": NAMES, "nc": 4, "epoch": -1}, path)
-    return path
-
-
-def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python <repo>/<script> args`` from ``cwd``; the script must find its own package."""
-    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return untrained_checkpoint(tmp_path_factory.mktemp("weights") / "w.pt", ROOT / "models" / "yolov5n.yaml", NAMES)
 
 
 def assert_one_line_error(rc: int, err: str, script: str, *needles: str, out: str = "") -> str:

@@ -20,30 +20,14 @@ import torch
 from utils.coco_eval import (COCO_KEYS, CocoEvaluator, CocoFormatError, evaluate_files, format_coco_table,
                              load_coco_gt, load_coco_results, parse_area_ranges, yolo_labels_to_coco)
 
+from tests.helpers import jittered_detections
+
 COCO_GT = Path(__file__).resolve().parent / "fixtures" / "coco" / "instances_val2017_subset.json"
 
 
 def synthetic_detections(gt: dict, seed: int = 0) -> list[dict]:
     """Detections made from GT: jittered boxes, 20% dropped, false positives, shuffled scores."""
-    rng = np.random.default_rng(seed)
-    dets = []
-    for a in gt["annotations"]:
-        if rng.random() < 0.2:
-            continue
-        x, y, w, h = a["bbox"]
-        j = rng.normal(0, 0.08, 4)
-        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                     "bbox": [x + j[0] * w, y + j[1] * h, w * np.exp(j[2]), h * np.exp(j[3])]})
-    cat_ids = [c["id"] for c in gt["categories"]]
-    for _ in range(len(gt["annotations"]) // 2):
-        im = gt["images"][rng.integers(len(gt["images"]))]
-        w, h = rng.uniform(4, 150, 2)
-        dets.append({"image_id": im["id"], "category_id": int(rng.choice(cat_ids)),
-                     "bbox": [rng.uniform(0, im["width"] - w), rng.uniform(0, im["height"] - h), w, h]})
-    scores = rng.permutation(np.linspace(0.01, 0.99, len(dets)))  # shuffled: some FPs outrank TPs
-    for d, s in zip(dets, scores):
-        d["score"] = float(s)
-    return dets
+    return jittered_detections(gt, seed=seed, jitter=0.08, false_positives=0.5)
 
 
 def pycocotools_stats(gt: dict, dets: list[dict], extra: dict | None = None) -> tuple[np.ndarray, dict]:

@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -17,10 +16,10 @@ import pytest
 import torch
 
 import detect
-from models.yolo import build_model
 from utils.annotate import class_color, draw_detections
 from utils.checkpoint import save_checkpoint
 from utils.run_dir import increment_path
+from tests.helpers import run_script, untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_VAL = ROOT / "data" / "hit-uav-sample" / "images" / "val"
@@ -39,18 +38,12 @@ def one_thread():
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """A randomly initialised 2-class yolov5n-p2 checkpoint (detections are noise; we test plumbing)."""
-    torch.manual_seed(0)
-    model = build_model(ROOT / "models" / "yolov5n-p2.yaml", nc=2)
-    path = tmp_path_factory.mktemp("weights") / "best.pt"
-    save_checkpoint({"task": "detect", "model_cfg": model.yaml, "model": model.state_dict(),
-                     "names": ["person", "car"], "nc": 2, "epoch": -1}, path)
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt", ROOT / "models" / "yolov5n-p2.yaml",
+                                ["person", "car"])
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}  # the script must find its own package
-    return subprocess.run([sys.executable, str(ROOT / "detect.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_script("detect.py", *args, cwd=cwd)
 
 
 def test_video_from_command_line(tmp_path, weights):

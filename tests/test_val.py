@@ -19,31 +19,12 @@ import torch
 from torch import nn
 
 import val
+from tests.helpers import jittered_detections
 from tests.test_evaluation import NAMES4, copy_sample
 from utils.tta import TTA_PASSES, tta_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_COCO_GT = ROOT / "tests" / "fixtures" / "val" / "hit_uav_sample_val_coco.json"
-
-
-def jittered_detections(gt: dict, seed: int = 0) -> list[dict]:
-    """COCO results made from the GT: jittered boxes, a fifth dropped, random false positives."""
-    rng = np.random.default_rng(seed)
-    dets = []
-    for a in gt["annotations"]:
-        if rng.random() < 0.2:
-            continue
-        x, y, w, h = a["bbox"]
-        j = rng.normal(0, 0.1, 4)
-        dets.append({"image_id": a["image_id"], "category_id": a["category_id"],
-                     "bbox": [x + j[0] * w, y + j[1] * h, w * np.exp(j[2]), h * np.exp(j[3])]})
-    for _ in range(len(gt["annotations"]) // 3):
-        im = gt["images"][rng.integers(len(gt["images"]))]
-        dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 5)),
-                     "bbox": [*rng.uniform(0, 500, 2), *rng.uniform(4, 60, 2)]})
-    for d, s in zip(dets, rng.permutation(np.linspace(0.01, 0.99, len(dets)))):
-        d["score"] = float(s)
-    return dets
 
 
 def pycocotools_ap(gt_path: Path, dets: list[dict]) -> np.ndarray:
