@@ -239,3 +239,23 @@ def test_cache_serves_training_and_val_images_from_ram(tmp_path):
     t.train_ds.ims = [None] * len(t.train_ds.ims)  # without the RAM copies the files are needed
     with pytest.raises(FileNotFoundError):
         next(iter(t.train_loader))
+
+
+def test_close_mosaic_trains_the_last_epochs_on_whole_frames(tiny_yaml, tmp_path, monkeypatch):
+    """--close-mosaic 1 of 2 epochs: epoch 0 sees mosaics, epoch 1 letterboxed frames from new workers."""
+    trainer = Trainer(_config(tiny_yaml, epochs=2, close_mosaic=1, noval=True), tmp_path / "run")
+    seen = []  # (epoch, whether the loader's dataset builds mosaics, loader object)
+
+    def record(model, loader, *args, epoch, **kw):
+        seen.append((epoch, loader.loader.dataset.mosaic, loader.loader))
+        imgs, targets, paths, shapes, _ = next(iter(loader))
+        # a mosaic sample has no letterbox shape; a whole frame keeps its original size
+        assert all((s is None) == (epoch == 0) for s in shapes)
+        return real(model, loader, *args, epoch=epoch, **kw)
+
+    import utils.trainer as trainer_module
+    real = trainer_module.train_one_epoch
+    monkeypatch.setattr(trainer_module, "train_one_epoch", record)
+    trainer.fit()
+    assert [(e, m) for e, m, _ in seen] == [(0, True), (1, False)]
+    assert seen[0][2] is not seen[1][2]  # a new DataLoader: persistent workers would keep mosaic on
