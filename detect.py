@@ -105,7 +105,7 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Predictor:
     """Whole-frame or sliced inference with fixed settings; accumulates stage times (seconds)."""
 
@@ -158,9 +158,11 @@ def build_predictor(args: argparse.Namespace) -> tuple[Predictor, list[str]]:
     # On CPU one tile at a time measured 25-40% faster than batches of 8 (cache-bound convolutions;
     # benchmarks/sliced_inference.md); on GPU batches keep the device busy.
     slice_batch = args.slice_batch or (8 if device.type == "cuda" else 1)
-    predictor = Predictor(model, imgsz, args.conf_thres, args.iou_thres, args.max_det, args.classes,
-                          args.agnostic_nms, half, args.augment, args.slice, args.overlap, args.slice_full,
-                          args.slice_merge, args.slice_match, slice_batch)
+    predictor = Predictor(model=model, imgsz=imgsz, conf_thres=args.conf_thres, iou_thres=args.iou_thres,
+                          max_det=args.max_det, classes=args.classes, agnostic=args.agnostic_nms, half=half,
+                          augment=args.augment, slice_size=args.slice, overlap=args.overlap,
+                          slice_full=args.slice_full, merge=args.slice_merge, match_metric=args.slice_match,
+                          slice_batch=slice_batch)
     if device.type != "cpu":  # the first CUDA call is slow: keep it out of the timings
         predictor(np.zeros((*imgsz, 3), np.uint8))
         predictor.times[:] = [0.0, 0.0, 0.0]

@@ -80,7 +80,7 @@ class Trainer:
         self.train_loader, self.train_ds = build_dataloader(
             self.data["train"], c.imgsz, c.batch_size, self.grid, hyp, augment=True, workers=c.workers,
             shuffle=True, cache=c.cache, seed=c.seed, prefix="train: ")
-        self.val_loader, self.val_ds = build_dataloader(
+        self.val_loader, _ = build_dataloader(
             self.data["val"], c.imgsz, c.batch_size * 2, self.grid, hyp, augment=False, rect=True,
             workers=c.workers, cache=c.cache, seed=c.seed, prefix="val: ")
         labels = [lb for lb in self.train_ds.labels if len(lb)]
