@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from models.common import Conv
+from models.head import candidate_logit, exporting, split_by_image
 from models.registry import register
 
 
@@ -68,7 +69,8 @@ class DecoupledDetect(nn.Module):
 
     ``forward`` returns raw outputs, one (B, 4 * reg_max + nc, ny, nx) tensor per level (box bin
     logits for l, t, r, b, then class logits), the same in train and eval mode.
-    ``decode`` turns them into (B, N, 5 + nc) rows ``[cx, cy, w, h (input px), 1.0, cls...]``.
+    ``decode`` turns them into (B, N, 5 + nc) rows ``[cx, cy, w, h (input px), 1.0, cls...]``;
+    ``decode_candidates`` gives per image only the rows that can pass NMS at a threshold.
     """
 
     multi_input = True
@@ -97,7 +99,7 @@ class DecoupledDetect(nn.Module):
         A traced graph must compute the grid from the input shape (a cached tensor would become a
         constant and break dynamic-size ONNX).
         """
-        if torch.jit.is_tracing():
+        if exporting():
             return grid_points(shapes, self.stride.to(dtype).unbind(0), device, dtype)
         strides = self.stride.tolist()
         key = (tuple(shapes), tuple(strides), str(device), dtype)
@@ -123,6 +125,32 @@ class DecoupledDetect(nn.Module):
         xyxy = ltrb_to_xyxy(dfl_expectation(box, self.reg_max), points, strides)
         xywh = torch.cat(((xyxy[..., :2] + xyxy[..., 2:]) / 2, xyxy[..., 2:] - xyxy[..., :2]), -1)
         return torch.cat((xywh, torch.ones_like(cls[..., :1]), cls.sigmoid()), -1)
+
+    def decode_candidates(self, raw: list[torch.Tensor], conf_thres: float) -> list[torch.Tensor]:
+        """Decode only the points that can pass NMS at ``conf_thres``: per image (n_i, 5 + nc).
+
+        The objectness column is 1.0, so NMS keeps a point only if some class score exceeds
+        conf_thres: points whose best class logit is below logit(conf_thres) are dropped before
+        the DFL softmax and the box maths. Rows are those of :meth:`decode` minus the dropped ones,
+        in the same order, so NMS returns the same detections.
+        """
+        shapes = [tuple(p.shape[2:]) for p in raw]
+        points, strides = self._grid(shapes, raw[0].device, raw[0].dtype)  # (N, 2), (N,)
+        thr, nbox, offset = candidate_logit(conf_thres), 4 * self.reg_max, 0
+        rows, image = [], []
+        for p, (ny, nx) in zip(raw, shapes):
+            bi, yi, xi = (p[:, nbox:].amax(1) > thr).nonzero(as_tuple=True)  # sorted by (b, y, x)
+            q = p[bi, :, yi, xi]  # (n, no)
+            k = offset + yi * nx + xi  # flat point index, as in flatten()
+            xyxy = ltrb_to_xyxy(dfl_expectation(q[:, :nbox], self.reg_max), points[k], strides[k])
+            xywh = torch.cat(((xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]), 1)
+            # contiguous: the sigmoid then runs on the same SIMD path as decode()'s (float32 results
+            # of the vector and scalar exp can differ in the last bit)
+            cls = q[:, nbox:].contiguous().sigmoid()
+            rows.append(torch.cat((xywh, torch.ones_like(cls[:, :1]), cls), 1))
+            image.append(bi)
+            offset += ny * nx
+        return split_by_image(torch.cat(rows), torch.cat(image), raw[0].shape[0])
 
     @torch.no_grad()
     def initialize_biases(self, class_freq: torch.Tensor | None = None) -> None:

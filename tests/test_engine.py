@@ -114,3 +114,46 @@ def test_train_py_prints_a_training_error_as_one_line(monkeypatch, tmp_path, cap
     assert train.main(["--project", str(tmp_path), "--epochs", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["train.py: error: loss is nan at epoch 0, batch 3; lower lr0 or check labels"]
+
+
+class _ScriptedLoss:
+    """Loss = mean output * scripted value (a nan reaches the gradients); items, extras as tensors."""
+
+    def __init__(self, values: list[float]):
+        self.values, self.calls = values, 0
+
+    def __call__(self, preds, targets):
+        v = self.values[self.calls]
+        self.calls += 1
+        items = torch.tensor([v, 2 * v, 3 * v]) if math.isfinite(v) else torch.zeros(3)
+        return preds.mean() * v, items, {"fdl_ratio": torch.tensor(v / 10), "fdl_gain": torch.tensor(1.0 + v)}
+
+
+def test_epoch_means_accumulate_device_tensors_and_convert_once():
+    out, _, _ = _epoch(_batches(4), _spec(), loss=_ScriptedLoss([1.0, 2.0, 3.0, 6.0]))
+    assert out.stats["train/box_loss"] == pytest.approx(3.0) and out.stats["train/cls_loss"] == pytest.approx(9.0)
+    assert out.stats["fdl/ratio"] == pytest.approx(0.3) and out.stats["fdl/gain"] == pytest.approx(4.0)
+    assert all(type(v) is float for v in out.stats.values())
+
+
+@pytest.mark.parametrize("bad_batch", [1, 3])
+def test_deferred_non_finite_check_raises_before_any_step_uses_the_bad_loss(monkeypatch, bad_batch):
+    # as on a GPU: the check reads the device only before optimizer steps and at the epoch end.
+    # accumulate 2: steps after batches 1 and 3 (the last); a nan at batch 1 must stop step 1,
+    # and at batch 3 the step that would use it.
+    monkeypatch.setattr("utils.engine._sync_free", lambda device: True)
+    values = [1.0, 1.0, 1.0, 1.0]
+    values[bad_batch] = float("nan")
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 1, 3, padding=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    ema = _CountingEMA()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrainingError, match=f"nan at epoch 0, batch {bad_batch}"):
+        train_one_epoch(model, StitchingLoader(_batches(4), 0.0), opt, _ScriptedLoss(values), ema,
+                        torch.amp.GradScaler("cpu", enabled=False), spec=_spec(accumulate=2.0), epoch=0,
+                        last_opt_step=-1)
+    assert ema.updates == (bad_batch - 1) // 2  # only the steps from finite losses happened
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    if bad_batch == 1:
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

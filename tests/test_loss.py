@@ -9,7 +9,7 @@ import torch
 
 from models.yolo import build_model
 from utils.hyp import load_hyp
-from utils.loss import ComputeLoss, fdl_gain, scale_loss_gains
+from utils.loss import ComputeLoss, fdl_gain, feedback_ratio, scale_loss_gains
 
 TARGETS = torch.tensor([[0, 1, 0.50, 0.50, 0.40, 0.30],   # large
                         [0, 0, 0.20, 0.30, 0.05, 0.08],   # small (6x10 px at 128)
@@ -202,3 +202,25 @@ def test_fdl_raises_box_loss_and_reports_feedback():
     assert fdl_loss.r_prev == extras["fdl_ratio"]  # feedback stored for the next iteration
     fdl_loss(preds, TARGETS[:1], update_feedback=False)
     assert fdl_loss.r_prev == extras["fdl_ratio"]  # validation calls leave it alone
+
+
+def test_feedback_ratio_is_a_device_tensor_and_keeps_r_prev_without_positives():
+    r = feedback_ratio(torch.tensor(0.75), torch.tensor(3.0), 0.4)
+    assert isinstance(r, torch.Tensor) and r.dim() == 0 and float(r) == pytest.approx(0.25)
+    assert float(feedback_ratio(torch.tensor(0.0), torch.tensor(0.0), 0.4)) == pytest.approx(0.4)  # no nan
+    # a tensor r_{t-1} gives the same gains as the number (the loss keeps it on the device)
+    area = torch.tensor([100.0, 700.0, 5000.0])
+    assert torch.allclose(fdl_gain(area, torch.tensor(0.3), 2.0, 1024), fdl_gain(area, 0.3, 2.0, 1024))
+
+
+def test_loss_extras_stay_tensors_and_feed_the_next_step():
+    model, loss_fn = _setup(fdl=1.0)
+    preds = model(torch.rand(4, 3, 160, 160, generator=torch.Generator().manual_seed(2)))  # large and small
+    _, _, extras = loss_fn(preds, TARGETS)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in extras.values())
+    assert 0 < float(extras["fdl_ratio"]) < 1 and float(extras["fdl_gain"]) > 1
+    _, _, again = loss_fn(preds, TARGETS)  # r_{t-1} now the tensor from the first call
+    ref = ComputeLoss(model.detect, loss_fn.hyp)
+    ref.r_prev = float(extras["fdl_ratio"])
+    _, _, from_float = ref(preds, TARGETS)
+    assert float(again["fdl_gain"]) == pytest.approx(float(from_float["fdl_gain"]), rel=1e-6)

@@ -73,23 +73,65 @@ def multi_scale(imgs: torch.Tensor, imgsz: int, grid: int, rng: random.Random) -
     return F.interpolate(imgs, size=ns, mode="bilinear", align_corners=False)
 
 
+PBAR_EVERY = 10  # iterations between progress-bar refreshes (each reads the running means back)
+
+
 class _RunningMeans:
-    """Running means of the loss items (box, obj, cls) and the feedback-driven loss extras."""
+    """Running means of the loss items (box, obj, cls) and the feedback-driven loss extras.
+
+    They stay on the device (the extras may be 0-d device tensors) and are read back once per
+    epoch by :meth:`as_dict`, so accumulating them costs no host synchronisation.
+    """
 
     def __init__(self, device: torch.device):
-        self.n, self.loss, self.fdl_ratio, self.fdl_gain = 0, torch.zeros(3, device=device), 0.0, 0.0
+        self.n, self.loss = 0, torch.zeros(3, device=device)
+        self.fdl_ratio, self.fdl_gain = torch.zeros((), device=device), torch.zeros((), device=device)
 
     def add(self, items: torch.Tensor, extras: dict) -> None:
         n = self.n
-        self.loss = (self.loss * n + items) / (n + 1)
+        self.loss = (self.loss * n + items.detach()) / (n + 1)
         self.fdl_ratio = (self.fdl_ratio * n + extras["fdl_ratio"]) / (n + 1)
         self.fdl_gain = (self.fdl_gain * n + extras["fdl_gain"]) / (n + 1)
         self.n = n + 1
 
     def as_dict(self, stitched_fraction: float) -> dict[str, float]:
-        return {"train/box_loss": float(self.loss[0]), "train/obj_loss": float(self.loss[1]),
-                "train/cls_loss": float(self.loss[2]), "fdl/ratio": self.fdl_ratio, "fdl/gain": self.fdl_gain,
+        box, obj, cls = self.loss.tolist()
+        return {"train/box_loss": box, "train/obj_loss": obj, "train/cls_loss": cls,
+                "fdl/ratio": float(self.fdl_ratio), "fdl/gain": float(self.fdl_gain),
                 "stitch/fraction": stitched_fraction}
+
+
+def _sync_free(device: torch.device) -> bool:
+    """Whether to defer the non-finite check to optimizer steps (a read-back stalls a GPU queue).
+
+    On the CPU every op has already run when it returns, so checking each loss costs nothing and
+    raises before the bad backward pass.
+    """
+    return device.type != "cpu"
+
+
+class _NonFiniteWatch:
+    """Remembers the first non-finite loss of an epoch on the device; :meth:`check` raises it.
+
+    ``note`` queues a few device ops (no host read); ``check`` reads one value back. The engine
+    checks before every optimizer step, so weights never take a step computed from a bad loss.
+    """
+
+    def __init__(self, device: torch.device):
+        self.batch = torch.full((), -1, dtype=torch.long, device=device)  # -1: none seen
+        self.value = torch.zeros((), device=device)
+
+    def note(self, loss: torch.Tensor, i: int) -> None:
+        v = loss.detach().float().sum()  # the loss may be (1,): a 0-d value, nan/inf preserved
+        first = ~torch.isfinite(v) & (self.batch < 0)
+        self.batch = torch.where(first, i, self.batch)
+        self.value = torch.where(first, v, self.value)
+
+    def check(self, epoch: int) -> None:
+        i = int(self.batch)
+        if i >= 0:
+            raise TrainingError(f"loss is {float(self.value)} at epoch {epoch}, batch {i}; "
+                                "lower lr0 or check labels")
 
 
 def _optimizer_step(model, optimizer, scaler, ema) -> None:
@@ -100,6 +142,13 @@ def _optimizer_step(model, optimizer, scaler, ema) -> None:
     scaler.update()
     optimizer.zero_grad()
     ema.update(model)
+
+
+def _describe(means: _RunningMeans, epoch: int, epochs: int, inst: int, size: int, stitched: bool) -> str:
+    """Progress-bar text; reads the running means back (one sync), so it is refreshed sparsely."""
+    box, obj, cls = means.loss.tolist()
+    return (f"{epoch + 1:>5}/{epochs}  box {box:.4f}  obj {obj:.4f}  cls {cls:.4f}  inst {inst:>4}  {size:>4}px"
+            + ("  stitched" if stitched else ""))
 
 
 def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec: RunSpec, epoch: int,
@@ -116,6 +165,7 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec
     """
     model.train()
     nb, means, rng = len(loader), _RunningMeans(spec.device), random.Random(spec.seed + epoch)
+    watch, defer = _NonFiniteWatch(spec.device), _sync_free(spec.device)
     pbar = tqdm(enumerate(loader), total=nb, bar_format="{l_bar}{bar:10}{r_bar}")
     optimizer.zero_grad()
     for i, (imgs, targets, paths, _, stitched) in pbar:
@@ -126,19 +176,21 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec
             imgs = multi_scale(imgs, spec.imgsz, spec.grid, rng)
         with torch.autocast(spec.device.type, enabled=spec.amp):
             loss, items, extras = compute_loss(model(imgs), targets.to(spec.device))
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {i}; lower lr0 or check labels")
+        watch.note(loss, i)
+        step = ni - last_opt_step >= accumulate
+        if step or not defer:
+            watch.check(epoch)  # before the step (on CPU before the backward): no bad update
         scaler.scale(loss).backward()
-        if ni - last_opt_step >= accumulate:
+        if step:
             _optimizer_step(model, optimizer, scaler, ema)
             last_opt_step = ni
-        loader.feedback = extras["fdl_ratio"]
+        loader.feedback = extras["fdl_ratio"]  # a device tensor; the Stitcher reads it only if enabled
         means.add(items, extras)
-        pbar.set_description(f"{epoch + 1:>5}/{spec.epochs}  box {means.loss[0]:.4f}  obj {means.loss[1]:.4f}  "
-                             f"cls {means.loss[2]:.4f}  inst {targets.shape[0]:>4}  {imgs.shape[-1]:>4}px"
-                             + ("  stitched" if stitched else ""))
+        if i % PBAR_EVERY == 0 or i == nb - 1:
+            pbar.set_description(_describe(means, epoch, spec.epochs, targets.shape[0], imgs.shape[-1], stitched))
         if on_batch is not None:
             on_batch(ni, imgs, targets, paths)
+    watch.check(epoch)  # losses after the last step were backpropagated but never stepped
     if means.n == 0:
         raise TrainingError("the training loader produced no batches; check the train split")
     return EpochResult(means.as_dict(float(getattr(loader, "stitched_fraction", 0.0))), last_opt_step)

@@ -49,11 +49,21 @@ class FocalLoss(nn.Module):
         return (loss * alpha_t * (1.0 - p_t) ** self.gamma).mean()
 
 
-def fdl_gain(area: torch.Tensor, r_prev: float, fdl: float, fdl_area: float) -> torch.Tensor:
+def fdl_gain(area: torch.Tensor, r_prev: float | torch.Tensor, fdl: float, fdl_area: float) -> torch.Tensor:
     """Per-sample gain g_i (see module doc): 1 for a_i >= fdl_area, up to 1 + fdl*(1 - r_prev)."""
     small = area < fdl_area
     g = 1 + fdl * (1 - r_prev) * (1 - area / fdl_area)
     return torch.where(small, g, torch.ones_like(g))
+
+
+def feedback_ratio(l_small: torch.Tensor, l_all: torch.Tensor, r_prev: float | torch.Tensor) -> torch.Tensor:
+    """r_t = l_small / l_all as a 0-d tensor on their device, or r_prev when l_all is 0.
+
+    Computed without reading a value back to the host: a per-step sync stalls the GPU, and the
+    gain of the next step (:func:`fdl_gain`) accepts the tensor as it is.
+    """
+    r_prev = torch.as_tensor(r_prev, dtype=l_all.dtype, device=l_all.device)
+    return torch.where(l_all > 0, l_small / l_all.clamp(min=torch.finfo(l_all.dtype).tiny), r_prev)
 
 
 class ComputeLoss:
@@ -66,7 +76,8 @@ class ComputeLoss:
     Call args: preds, list of raw (B, na, ny, nx, 5 + nc); targets (nt, 6) [b, cls, cx, cy, w, h]
     normalized; ``update_feedback=False`` (validation) leaves r_{t-1} untouched.
     Returns loss (scalar, multiplied by the batch size as in YOLOv5), items (3,) [box, obj, cls]
-    detached, extras {'fdl_ratio': r_t, 'fdl_gain': mean gain over positives}.
+    detached, extras {'fdl_ratio': r_t, 'fdl_gain': mean gain over positives}, both detached 0-d
+    tensors on the loss's device (no host sync; ``float()`` them where a number is needed).
     """
 
     def __init__(self, detect: nn.Module, hyp: dict):
@@ -82,7 +93,7 @@ class ComputeLoss:
         self.cp, self.cn = 1.0 - 0.5 * eps, 0.5 * eps  # positive / negative class targets
         self.balance = [OBJ_BALANCE.get(int(s), 0.02) for s in detect.stride.tolist()]
         self.fdl, self.fdl_area = float(hyp["fdl"]), float(hyp["fdl_area"])
-        self.r_prev = 0.0  # r_{t-1}; r_0 = 0
+        self.r_prev: float | torch.Tensor = 0.0  # r_{t-1}; r_0 = 0 (a 0-d tensor after a step)
 
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor, update_feedback: bool = True):
         dev = preds[0].device
@@ -113,8 +124,8 @@ class ComputeLoss:
                     t[torch.arange(b.shape[0], device=dev), tcls[i]] = self.cp
                     lcls += self.bce_cls(pcls, t)
             lobj += self.bce_obj(pi[..., 4], tobj) * self.balance[i]
-        r_t = float(l_small / l_all) if l_all > 0 else self.r_prev
-        mean_gain = float(torch.cat(gains).mean()) if gains else 1.0
+        r_t = feedback_ratio(l_small, l_all, self.r_prev)
+        mean_gain = torch.cat(gains).mean() if gains else torch.ones((), device=dev)
         if update_feedback:
             self.r_prev = r_t
         lbox *= self.hyp["box"]

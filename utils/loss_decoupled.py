@@ -30,7 +30,7 @@ from torch import nn
 from models.head_decoupled import dfl_expectation, grid_points, ltrb_to_xyxy
 from utils.assign_tal import TaskAlignedAssigner
 from utils.boxes import bbox_iou, xywh2xyxy
-from utils.loss import fdl_gain
+from utils.loss import fdl_gain, feedback_ratio
 
 BOX_GAIN_PER_HYP = 150.0  # hyp['box'] 0.05 -> box gain 7.5
 DFL_GAIN_PER_HYP = 30.0  # hyp['box'] 0.05 -> dfl gain 1.5
@@ -88,7 +88,7 @@ class DecoupledLoss:
     [b, cls, cx, cy, w, h] normalized; ``update_feedback=False`` (validation) leaves r_{t-1} as is.
     Returns loss (scalar, multiplied by the batch size as ComputeLoss), items (3,) [box, dfl, cls]
     detached (they fill the box/obj/cls loss columns: the second is DFL for this head), extras
-    {'fdl_ratio': r_t, 'fdl_gain': mean gain over positives}.
+    {'fdl_ratio': r_t, 'fdl_gain': mean gain over positives}, detached 0-d device tensors.
     """
 
     def __init__(self, detect: nn.Module, hyp: dict, topk: int = 10, alpha: float = 0.5, beta: float = 6.0):
@@ -98,7 +98,7 @@ class DecoupledLoss:
         self.dfl_gain = hyp["box"] * DFL_GAIN_PER_HYP
         self.cls_gain = hyp["cls"] * CLS_GAIN_PER_HYP
         self.fdl, self.fdl_area = float(hyp["fdl"]), float(hyp["fdl_area"])
-        self.r_prev = 0.0  # r_{t-1}; r_0 = 0
+        self.r_prev: float | torch.Tensor = 0.0  # r_{t-1}; r_0 = 0 (a 0-d tensor after a step)
 
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor, update_feedback: bool = True):
         preds = [p.float() for p in preds]  # the assignment and losses need fp32 under AMP
@@ -125,7 +125,8 @@ class DecoupledLoss:
         """CIoU (with the feedback-driven gain) and DFL on the positives; also r_t and the mean gain."""
         if not fg.any():
             zero = box_logits.sum() * 0.0  # keeps the graph connected for backward
-            return zero, zero, self.r_prev, 1.0
+            r_prev = torch.as_tensor(self.r_prev, dtype=zero.dtype, device=zero.device)
+            return zero, zero, r_prev, torch.ones((), device=zero.device)
         w = t_scores.sum(-1)[fg]  # (P,)
         tb = t_boxes[fg]
         l_i = 1.0 - bbox_iou(pred_boxes[fg], tb, xywh=False, CIoU=True)
@@ -137,5 +138,5 @@ class DecoupledLoss:
         ldfl = (dfl_loss(box_logits[fg], target_ltrb, self.reg_max) * w).sum() / s_sum
         l_det = l_i.detach()
         l_all = l_det.sum()
-        r_t = float(l_det[area < self.fdl_area].sum() / l_all) if l_all > 0 else self.r_prev
-        return lbox, ldfl, r_t, float(g.detach().mean())
+        r_t = feedback_ratio(l_det[area < self.fdl_area].sum(), l_all, self.r_prev)
+        return lbox, ldfl, r_t, g.detach().mean()  # 0-d device tensors: no host sync per step

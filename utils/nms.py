@@ -9,11 +9,13 @@ from utils.boxes import xywh2xyxy
 from utils.errors import ConfigError
 
 
-
-def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                        classes: list[int] | None = None, agnostic: bool = False, max_det: int = 300,
-                        multi_label: bool = False, max_nms: int = 30000) -> list[torch.Tensor]:
+def non_max_suppression(pred: torch.Tensor | list[torch.Tensor], conf_thres: float = 0.25,
+                        iou_thres: float = 0.45, classes: list[int] | None = None, agnostic: bool = False,
+                        max_det: int = 300, multi_label: bool = False, max_nms: int = 30000) -> list[torch.Tensor]:
     """Filter (B, N, 5 + nc) predictions [cx, cy, w, h, obj, cls...] (sigmoided) per image.
+
+    ``pred`` may also be a list of per-image (n_i, 5 + nc) tensors, e.g. the candidate rows of
+    ``decode_candidates`` (images then need no padding to a common N).
 
     Score = obj * cls. ``multi_label`` keeps every class above ``conf_thres`` for a box (used for
     mAP evaluation), otherwise only the best class. Returns per image a (n, 6) tensor
@@ -25,7 +27,7 @@ def non_max_suppression(pred: torch.Tensor, conf_thres: float = 0.25, iou_thres:
     for x in pred:
         x = x[x[:, 4] > conf_thres]
         if not x.shape[0]:
-            out.append(torch.zeros((0, 6), device=pred.device))
+            out.append(torch.zeros((0, 6), device=x.device))
             continue
         scores = x[:, 5:] * x[:, 4:5]
         boxes = xywh2xyxy(x[:, :4])

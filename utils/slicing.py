@@ -65,9 +65,20 @@ def _model_device_stride(model: nn.Module) -> tuple[torch.device, int]:
     return (p.device if p is not None else torch.device("cpu")), stride
 
 
-def _model_predict(model: nn.Module, x: torch.Tensor, augment: bool, stride: int) -> torch.Tensor:
+def _model_predict(model: nn.Module, x: torch.Tensor, augment: bool,
+                   conf_thres: float) -> list[torch.Tensor]:
+    """Per-image float32 rows (n_i, 5 + nc) [cx, cy, w, h (input px), obj, cls...] for NMS.
+
+    Without TTA only the rows that can pass NMS at ``conf_thres`` are decoded (the head's
+    ``decode_candidates``): at detect-time thresholds that is a few hundred of ~100k anchors.
+    """
     with torch.inference_mode():
-        return tta_predict(model, x)[1] if augment else model.predict(x)
+        if augment:
+            return list(tta_predict(model, x)[1].float())
+        head = getattr(model, "detect", None)
+        if hasattr(head, "decode_candidates"):
+            return [p.float() for p in head.decode_candidates(model(x), conf_thres)]
+        return list(model.predict(x).float())
 
 
 def _add_times(times: list[float] | None, *dt: float) -> None:
@@ -91,9 +102,9 @@ def predict_image(model: nn.Module, img_bgr: np.ndarray, imgsz: int | tuple[int,
     img, (rw, rh), pad = letterbox(img_bgr, imgsz, auto=True, stride=stride)
     x = to_tensor([img], device, half)
     t1 = time_sync()
-    pred = _model_predict(model, x, augment, stride)
+    pred = _model_predict(model, x, augment, conf_thres)
     t2 = time_sync()
-    det = non_max_suppression(pred.float(), conf_thres, iou_thres, classes, agnostic, max_det)[0]
+    det = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic, max_det)[0]
     scale_boxes(x.shape[2:], det[:, :4], img_bgr.shape[:2], ((rh, rw), pad))
     _add_times(times, t1 - t0, t2 - t1, time_sync() - t2)
     return det
@@ -165,7 +176,7 @@ def _predict_tiles(model: nn.Module, img_bgr: np.ndarray, tiles: list[tuple[int,
                    imgsz: int, batch_size: int, nms_args: dict, half: bool, augment: bool,
                    times: list[float] | None) -> list[torch.Tensor]:
     """Per-tile detections (n, 6) in frame pixels, the tiles run ``batch_size`` at a time."""
-    device, stride = _model_device_stride(model)
+    device, _ = _model_device_stride(model)
     out = []
     for b in range(0, len(tiles), batch_size):
         t0 = time_sync()
@@ -173,9 +184,9 @@ def _predict_tiles(model: nn.Module, img_bgr: np.ndarray, tiles: list[tuple[int,
         boxed = [letterbox(img_bgr[y1:y2, x1:x2], imgsz) for x1, y1, x2, y2 in batch]
         x = to_tensor([im for im, _, _ in boxed], device, half)
         t1 = time_sync()
-        pred = _model_predict(model, x, augment, stride)
+        pred = _model_predict(model, x, augment, nms_args["conf_thres"])
         t2 = time_sync()
-        dets = non_max_suppression(pred.float(), **nms_args)
+        dets = non_max_suppression(pred, **nms_args)
         for det, (x1, y1, x2, y2), (_, (rw, rh), pad) in zip(dets, batch, boxed):
             scale_boxes(x.shape[2:], det[:, :4], (y2 - y1, x2 - x1), ((rh, rw), pad))
             det[:, [0, 2]] += x1  # tile -> frame: the tile offset, exactly
