@@ -23,10 +23,10 @@ from utils.train_config import TrainConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="", help="initial weights (a checkpoint of this project); '' = from scratch")
-    p.add_argument("--cfg", default="models/yolov5n-p2.yaml", help="model YAML, e.g. models/yolov5s-p2.yaml")
+    p.add_argument("--cfg", default="models/yolov5n-p2-af.yaml", help="model YAML, e.g. models/yolov5s-p2.yaml")
     p.add_argument("--data", default="data/hit-uav-sample.yaml", help="dataset YAML")
     p.add_argument("--hyp", default="data/hyps/hyp.scratch.yaml", help="hyperparameter YAML")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=16, help="images per batch")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=320, help="train/val image size (px)")
     p.add_argument("--device", default="", help="'' (auto), cpu, or a CUDA index such as 0")
@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noautoanchor", action="store_true", help="skip the AutoAnchor check")
     p.add_argument("--noval", action="store_true", help="validate only after the final epoch")
     p.add_argument("--nosave", action="store_true", help="save only the final checkpoint")
-    p.add_argument("--nbs", type=int, default=64, help="nominal batch size: gradients accumulate up to it")
+    p.add_argument("--nbs", type=int, default=16,
+                   help="nominal batch size: gradients accumulate up to it (YOLOv5 uses 64)")
     p.add_argument("--close-mosaic", type=int, default=0, metavar="N",
                    help="switch mosaic off for the last N epochs (train on whole frames, as val sees them)")
     return p.parse_args(argv)

@@ -20,7 +20,7 @@ def test_flags_become_typed_fields():
                              "--cache", "--optimizer", "SGD", "--cos-lr", "--exist-ok", "--resume"])
     c = TrainConfig.from_args(args)
     assert (c.imgsz, c.batch_size, c.multi_scale, c.freeze, c.cache) == (96, 4, True, [1, 2], "ram")
-    assert (c.optimizer, c.cos_lr, c.exist_ok, c.noval, c.nbs) == ("SGD", True, True, False, 64)
+    assert (c.optimizer, c.cos_lr, c.exist_ok, c.noval, c.nbs) == ("SGD", True, True, False, 16)
     assert not hasattr(c, "resume")  # --resume selects a checkpoint; it is not a setting of the run
 
 

@@ -157,8 +157,8 @@ def _wide_box_data(d: Path) -> Path:
 
 def test_autoanchor_refits_anchors_that_do_not_fit_the_labels(tmp_path):
     data = _wide_box_data(tmp_path / "bars")
-    r = _run("train.py", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch-size", "8",
-             "--workers", "0", "--project", str(tmp_path), "--name", "run")
+    r = _run("train.py", "--cfg", "models/yolov5n-p2.yaml", "--data", str(data), "--epochs", "1", "--imgsz", "64",
+             "--batch-size", "8", "--workers", "0", "--project", str(tmp_path), "--name", "run")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "AutoAnchor" in r.stdout
     default = build_model("models/yolov5n-p2.yaml", nc=1).detect.anchors.reshape(-1, 2)

@@ -31,10 +31,10 @@ class TrainConfig:
     """
 
     weights: str = ""  # initial weights; '' = from scratch
-    cfg: str = "models/yolov5n-p2.yaml"  # model YAML
+    cfg: str = "models/yolov5n-p2-af.yaml"  # model YAML
     data: str = "data/hit-uav-sample.yaml"  # dataset YAML
     hyp: str = "data/hyps/hyp.scratch.yaml"  # hyperparameter YAML
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 16
     imgsz: int = 320  # train and val image size (px)
     device: str = ""  # '' (auto), 'cpu' or a CUDA index
@@ -52,7 +52,7 @@ class TrainConfig:
     noautoanchor: bool = False
     noval: bool = False  # validate only after the final epoch
     nosave: bool = False  # save only the final checkpoint
-    nbs: int = 64  # nominal batch size: gradients accumulate up to it
+    nbs: int = 16  # nominal batch size: gradients accumulate up to it (YOLOv5: 64)
     close_mosaic: int = 0  # mosaic off for the last N epochs (0 = mosaic throughout, as YOLOv5)
 
     def __post_init__(self) -> None:
