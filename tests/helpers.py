@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from models.yolo import build_model
 from utils.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "hit-uav-sample"
+NAMES4 = ["Person", "Car", "Bicycle", "OtherVehicle"]  # the bundled sample's classes
 
 
 def untrained_checkpoint(path: Path, cfg: str | Path | dict, names: list[str], seed: int = 0) -> Path:
@@ -56,3 +59,15 @@ def jittered_detections(gt: dict, seed: int = 0, jitter: float = 0.1, false_posi
     for d, s in zip(dets, rng.permutation(np.linspace(0.01, 0.99, len(dets)))):
         d["score"] = float(s)
     return dets
+
+
+def copy_sample(dst: Path, n: int, split: str = "val") -> list[Path]:
+    """Copy the first n images (sorted) of the bundled sample's split with their labels; returns the images."""
+    (dst / "images" / split).mkdir(parents=True, exist_ok=True)
+    (dst / "labels" / split).mkdir(parents=True, exist_ok=True)
+    out = []
+    for img in sorted((SAMPLE / "images" / split).glob("*.jpg"))[:n]:
+        shutil.copy(img, dst / "images" / split / img.name)
+        shutil.copy(SAMPLE / "labels" / split / f"{img.stem}.txt", dst / "labels" / split / f"{img.stem}.txt")
+        out.append(dst / "images" / split / img.name)
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,14 +12,12 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import NAMES4, copy_sample
 from utils.eval_output import BatchPlotter, format_results, save_json, save_plots, save_txt
 from utils.evaluation import EvalCallback, EvalResult, evaluate
-from utils.yolo_txt import write_yolo_txt, yolo_txt_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "hit-uav-sample"
 SAMPLE_COCO_GT = ROOT / "tests" / "fixtures" / "val" / "hit_uav_sample_val_coco.json"  # make_coco_gt.py
-NAMES4 = ["Person", "Car", "Bicycle", "OtherVehicle"]
 S = 128  # letterboxed input side of the synthetic case
 
 
@@ -252,18 +249,6 @@ def test_evaluate_restores_mode_and_writes_no_files(tmp_path, monkeypatch):
 # -- a real loader over the bundled sample ------------------------------------------------------------
 
 
-def copy_sample(dst: Path, n: int, split: str = "val") -> list[Path]:
-    """Copy the first n images (sorted) of the bundled sample's split with their labels; returns the images."""
-    (dst / "images" / split).mkdir(parents=True, exist_ok=True)
-    (dst / "labels" / split).mkdir(parents=True, exist_ok=True)
-    out = []
-    for img in sorted((SAMPLE / "images" / split).glob("*.jpg"))[:n]:
-        shutil.copy(img, dst / "images" / split / img.name)
-        shutil.copy(SAMPLE / "labels" / split / f"{img.stem}.txt", dst / "labels" / split / f"{img.stem}.txt")
-        out.append(dst / "images" / split / img.name)
-    return out
-
-
 class GroundTruthEcho(nn.Module):
     """Predicts exactly the loader's targets of the current batch (input pixels, score 0.9)."""
 
@@ -395,27 +380,3 @@ def test_save_plots_and_batch_plotter(tmp_path):
     BatchPlotter(tmp_path / "sliced", ["a", "b", "c"]).on_batch(0, imgs, targets, paths_, None)
     assert not (tmp_path / "val_batch1_labels.jpg").exists()
     assert [p.name for p in (tmp_path / "sliced").iterdir()] == ["val_batch0_labels.jpg"]  # no pred mosaic
-
-
-# -- the YOLO txt writer shared with detect.py ------------------------------------------------------------
-
-
-def test_yolo_txt_lines_and_file(tmp_path):
-    det = torch.tensor([[10.0, 20.0, 30.0, 60.0, 0.875, 2.0], [0.0, 0.0, 200.0, 100.0, 0.5, 0.0]])
-    assert yolo_txt_lines(det, (100, 200)) == ["2 0.1 0.4 0.1 0.4", "0 0.5 0.5 1 1"]
-    assert yolo_txt_lines(det, (100, 200), save_conf=True)[0] == "2 0.1 0.4 0.1 0.4 0.875"
-    path = write_yolo_txt(tmp_path / "a.txt", det, (100, 200), save_conf=True)
-    assert path.read_text() == "2 0.1 0.4 0.1 0.4 0.875\n0 0.5 0.5 1 1 0.5\n"
-    assert write_yolo_txt(tmp_path / "b.txt", torch.zeros((0, 6)), (10, 10)).read_text() == ""
-
-
-def test_detect_result_writer_uses_the_same_rows(tmp_path):
-    from utils.sources import SourceItem
-    from utils.video_writer import ResultWriter
-
-    det = torch.tensor([[10.0, 20.0, 30.0, 60.0, 0.875, 2.0]])
-    item = SourceItem(path=str(tmp_path / "frame.jpg"), img0=np.zeros((100, 200, 3), np.uint8), frame=0,
-                      kind="image", meta=None)
-    writer = ResultWriter(tmp_path / "out", ["a", "b", "c"], save_img=False, save_txt=True, save_conf=True)
-    writer.add(item, det)
-    assert (tmp_path / "out/labels/frame.txt").read_text() == "2 0.1 0.4 0.1 0.4 0.875\n"

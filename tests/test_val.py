@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 import val
-from tests.helpers import jittered_detections
-from tests.test_evaluation import NAMES4, copy_sample
+from tests.helpers import NAMES4, copy_sample, jittered_detections
 from utils.tta import TTA_PASSES, tta_predict
 
 ROOT = Path(__file__).resolve().parents[1]
