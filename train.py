@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=16, help="images per batch")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=320, help="train/val image size (px)")
+    p.add_argument("--val-imgsz", type=int, default=0,
+                   help="validation image size (px); 0 = --imgsz (e.g. train on 320 native crops, validate at 640)")
+    p.add_argument("--time", type=float, default=0.0, metavar="HOURS",
+                   help="train for this wall-clock time: epochs are re-planned after each epoch to fit it")
     p.add_argument("--device", default="", help="'' (auto), cpu, or a CUDA index such as 0")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--project", default="runs/train", help="runs are saved to project/name")

@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold, both sides")
     p.add_argument("--max-det", type=int, default=300)
     p.add_argument("--no-equal-time", action="store_true", help="skip our equal-wall-clock run")
+    p.add_argument("--train-imgsz", type=int, default=0,
+                   help="our training image size (0 = --imgsz; e.g. 320 with a native_crop hyp); val and scoring use --imgsz")
+    p.add_argument("--equal-time-only", action="store_true",
+                   help="ours: skip the equal-epochs run, train only for the wall-clock budget (train.py --time)")
     p.add_argument("--budget-s", type=float, default=0.0,
                    help="wall-clock budget of the equal-time run; 0 = ultralytics' measured training time")
     p.add_argument("--force", action="store_true", help="redo stages whose results are cached")
@@ -119,10 +123,16 @@ def write_report(work: Path, data: dict) -> str:
     return head + "\n\n" + table
 
 
-def _equal_time(a: argparse.Namespace, work: Path, data: dict, ultra: dict) -> None:
-    """Train ours for the epochs that fit ultralytics' training wall time (reusing the equal-epochs run)."""
+def _equal_time(a: argparse.Namespace, work: Path, data: dict, ultra: dict | None) -> None:
+    """Train ours for ultralytics' training wall time (reusing the equal-epochs run when it fits it)."""
     ours = load_json(work / "ours_equal_epochs.json")
     budget = a.budget_s or ultra["train"]["wall_s"]
+    if a.equal_time_only or not ours:
+        # train.py --time plans the epochs; the process's start-up and final evaluation (about a
+        # minute) are outside its clock, so they are taken off the budget
+        print(f"equal wall-clock: budget {budget / 60:.1f} min, train.py --time plans the epochs")
+        run_ours(a, work, data, a.epochs, tag="equal_time", budget_s=max(budget - 60.0, 60.0))
+        return
     epochs = equal_time_epochs(ours, budget)
     print(f"equal wall-clock: budget {budget / 60:.1f} min (ultralytics trained {ultra['train']['wall_s'] / 60:.1f}); "
           f"ours {ours['train']['epoch_s']:.0f} s/epoch + {(ours['train']['wall_s'] - ours['train']['loop_s']):.0f} s "
@@ -130,7 +140,8 @@ def _equal_time(a: argparse.Namespace, work: Path, data: dict, ultra: dict) -> N
     if epochs == ours["epochs"]:
         save_json(work / "ours_equal_time.json", {**ours, "tag": "equal_time", "same_run_as": "equal_epochs"})
     else:
-        run_ours(a, work, data, epochs, tag="equal_time")
+        fixed = max(ours["train"]["wall_s"] - ours["train"]["loop_s"], 0.0)
+        run_ours(a, work, data, epochs, tag="equal_time", budget_s=max(budget - fixed, 60.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         if "ultralytics" in a.only:
             run_ultralytics(a, work, data)
         if "ours" in a.only:
-            run_ours(a, work, data, a.epochs, tag="equal_epochs")
+            if not a.equal_time_only:
+                run_ours(a, work, data, a.epochs, tag="equal_epochs")
             ultra = load_json(work / "ultralytics.json")
-            if not a.no_equal_time and (ultra is None or "coco" not in ultra):
+            if a.budget_s and not a.no_equal_time:
+                _equal_time(a, work, data, ultra)
+            elif not a.no_equal_time and (ultra is None or "coco" not in ultra):
                 print("no ultralytics results yet: equal-wall-clock run skipped (run --only ultralytics first)")
             elif not a.no_equal_time:
                 _equal_time(a, work, data, ultra)

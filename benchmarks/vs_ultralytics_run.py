@@ -144,12 +144,14 @@ def _our_threads(env: dict) -> int:
     return int(out.stdout.strip())
 
 
-def _our_train(a, work: Path, data: dict, epochs: int, tag: str) -> dict:
+def _our_train(a, work: Path, data: dict, epochs: int, tag: str, budget_s: float = 0.0) -> dict:
     env = {**os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads > 0 else {})}
     run_dir = work / "ours" / tag
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: results.csv must not be appended to
+    # train at --train-imgsz (e.g. native-resolution crops), always validate at the scored --imgsz
     cmd = [sys.executable, "train.py", "--cfg", a.cfg, "--data", data["ours_yaml"], "--hyp", a.hyp,
-           "--epochs", str(epochs), "--imgsz", str(a.imgsz), "--batch-size", str(a.batch_size),
+           "--epochs", str(epochs), "--imgsz", str(a.train_imgsz or a.imgsz), "--val-imgsz", str(a.imgsz),
+           *(["--time", f"{budget_s / 3600:.6f}"] if budget_s else []), "--batch-size", str(a.batch_size),
            "--nbs", str(a.nbs), "--optimizer", "auto", "--workers", str(a.workers), "--seed", str(a.seed),
            "--project", str(work / "ours"), "--name", tag, "--exist-ok"]
     timing = run_timed(cmd, work / "ours" / f"{tag}_train.log", env)
@@ -158,13 +160,17 @@ def _our_train(a, work: Path, data: dict, epochs: int, tag: str) -> dict:
             "torch_threads": _our_threads(env), "workers": a.workers, "best": str(run_dir / "weights" / "best.pt")}
 
 
-def run_ours(a, work: Path, data: dict, epochs: int, tag: str) -> dict:
-    """Train ours for ``epochs`` (unless cached), save val predictions, score; caches ``ours_<tag>.json``."""
+def run_ours(a, work: Path, data: dict, epochs: int, tag: str, budget_s: float = 0.0) -> dict:
+    """Train ours for ``epochs`` (unless cached), save val predictions, score; caches ``ours_<tag>.json``.
+
+    With ``budget_s`` the epochs are only a first guess: train.py --time plans them to fit the budget.
+    """
     cache = work / f"ours_{tag}.json"
     prev = load_json(cache)
     if prev and not a.force and prev.get("epochs") == epochs and "coco" in prev:
         return prev
-    train = _our_train(a, work, data, epochs, tag)
+    train = _our_train(a, work, data, epochs, tag, budget_s)
+    epochs = train["epochs_logged"] if budget_s else epochs
     save_json(cache, {"epochs": epochs, "train": train})
     cmd = [sys.executable, "val.py", "--weights", train["best"], "--data", data["ours_yaml"], "--imgsz",
            str(a.imgsz), "--batch-size", str(a.batch_size), "--conf-thres", str(a.conf), "--iou-thres", str(a.iou),
@@ -173,6 +179,7 @@ def run_ours(a, work: Path, data: dict, epochs: int, tag: str) -> dict:
     run_timed(cmd, work / "ours" / f"{tag}_val.log")
     pred = work / "ours" / f"{tag}_val" / "predictions.json"
     result = {"tool": "ours", "model": Path(a.cfg).name, "hyp": Path(a.hyp).name, "epochs": epochs, "tag": tag,
+              "train_imgsz": a.train_imgsz or a.imgsz, "time_budget_s": budget_s,
               "train": train, "coco": score(data["gt"], pred), "pred": str(pred),
               "predict": {"conf": a.conf, "iou": a.iou, "max_det": a.max_det, "imgsz": a.imgsz}}
     save_json(cache, result)

@@ -36,7 +36,9 @@ class TrainConfig:
     hyp: str = "data/hyps/hyp.scratch.yaml"  # hyperparameter YAML
     epochs: int = 60
     batch_size: int = 16
-    imgsz: int = 320  # train and val image size (px)
+    imgsz: int = 320  # train image size (px), and val size unless val_imgsz is set
+    val_imgsz: int = 0  # validation image size (px); 0 = imgsz
+    time: float = 0.0  # wall-clock budget in hours; > 0 plans the epochs to fit it (epochs is the first guess)
     device: str = ""  # '' (auto), 'cpu' or a CUDA index
     workers: int = 2
     project: str = "runs/train"
@@ -61,6 +63,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "imgsz", "nbs", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_imgsz < 0:
+            raise ConfigError(f"val_imgsz must be >= 0 (0 = imgsz), got {self.val_imgsz}")
+        if self.time < 0:
+            raise ConfigError(f"time must be >= 0 hours (0 = no budget), got {self.time}")
         if self.close_mosaic < 0:
             raise ConfigError(f"close_mosaic must be >= 0, got {self.close_mosaic}")
         if self.workers < 0:

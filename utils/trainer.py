@@ -7,6 +7,7 @@ folder up to date.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -31,6 +32,7 @@ from utils.optim import (build_optimizer, build_scheduler, build_warmup, freeze_
 from utils.plots import plot_labels, plot_train_batch
 from utils.results_log import ResultsLog
 from utils.results_plot import plot_results
+from utils.time_budget import TimeBudget
 from utils.torch_utils import ModelEMA, init_seeds, select_device
 from utils.train_config import TrainConfig
 
@@ -64,8 +66,10 @@ class Trainer:
         if config.freeze != [0]:
             print(f"froze {freeze_layers(self.model, config.freeze)} parameter tensors")
         self.grid = max(int(self.model.stride.max()), 32)
-        if config.imgsz % self.grid:
-            raise ConfigError(f"--imgsz {config.imgsz} must be a multiple of the largest stride {self.grid}")
+        self.val_imgsz = config.val_imgsz or config.imgsz
+        for flag, size in (("--imgsz", config.imgsz), ("--val-imgsz", self.val_imgsz)):
+            if size % self.grid:
+                raise ConfigError(f"{flag} {size} must be a multiple of the largest stride {self.grid}")
         self._build_data()
         optimizer_name = self._build_optimization(resume_ckpt)
         if not resume_ckpt:
@@ -81,7 +85,7 @@ class Trainer:
             self.data["train"], c.imgsz, c.batch_size, self.grid, hyp, augment=True, workers=c.workers,
             shuffle=True, cache=c.cache, seed=c.seed, prefix="train: ")
         self.val_loader, _ = build_dataloader(
-            self.data["val"], c.imgsz, c.batch_size * 2, self.grid, hyp, augment=False, rect=True,
+            self.data["val"], self.val_imgsz, c.batch_size * 2, self.grid, hyp, augment=False, rect=True,
             workers=c.workers, cache=c.cache, seed=c.seed, prefix="val: ")
         labels = [lb for lb in self.train_ds.labels if len(lb)]
         max_cls = int(max((lb[:, 0].max() for lb in labels), default=0))
@@ -102,9 +106,13 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, name, lr0, momentum, wd)
         self.ema = ModelEMA(self.model)
         self.start_epoch, self.best_fitness = 0, 0.0
+        self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
+        self._t0 = time.time()  # this process's training clock; fit() restarts it
+        self.budget = TimeBudget(c.time * 3600, c.epochs) if c.time else None
         if ckpt:
             self._restore(ckpt)
-        self.lf = lr_lambda(c.epochs, hyp["lrf"], c.cos_lr)
+        self.epochs = self.start_epoch + self.budget.epochs if self.budget else c.epochs
+        self.lf = lr_lambda(self.epochs, hyp["lrf"], c.cos_lr)
         # built after the optimizer state is restored: it starts at start_epoch with that epoch's lr
         self.scheduler = build_scheduler(self.optimizer, self.lf, self.start_epoch)
         self.amp = self.device.type == "cuda"
@@ -118,14 +126,18 @@ class Trainer:
         self.ema.ema.load_state_dict(ckpt["model"])
         self.ema.updates = ckpt["ema_updates"]
         self.start_epoch, self.best_fitness = ckpt["epoch"] + 1, ckpt["best_fitness"]
+        self.elapsed_before = float(ckpt.get("elapsed", 0.0))
+        if self.budget:  # the rest of the budget, for the epochs the interrupted run still planned
+            planned = int(ckpt.get("planned_epochs", self.budget.epochs))
+            self.budget = TimeBudget(self.budget.seconds - self.elapsed_before, max(planned - self.start_epoch, 1))
         ResultsLog(self.save_dir).truncate(ckpt["epoch"])
 
     def _run_spec(self, optimizer_name: str) -> RunSpec:
         """The fixed settings of the training loop (warmup length from the loader's batches per epoch)."""
         c = self.config
-        nw = warmup_iterations(self.hyp["warmup_epochs"], len(self.loader), c.epochs)
+        nw = warmup_iterations(self.hyp["warmup_epochs"], len(self.loader), self.epochs)
         warmup = build_warmup(optimizer_name, self.hyp, nw, c.nbs, c.batch_size)
-        return RunSpec(device=self.device, epochs=c.epochs, imgsz=c.imgsz, grid=self.grid, warmup=warmup,
+        return RunSpec(device=self.device, epochs=self.epochs, imgsz=c.imgsz, grid=self.grid, warmup=warmup,
                        lf=self.lf, multi_scale=c.multi_scale, amp=self.amp, seed=c.seed)
 
     def _first_run_checks(self) -> None:
@@ -149,6 +161,7 @@ class Trainer:
             "optimizer": None if final else self.optimizer.state_dict(),
             "train_model": None if final else _float_state(self.model),
             "ema_updates": self.ema.updates, "train_args": self.config.to_dict(),
+            "elapsed": self.elapsed_before + time.time() - self._t0, "planned_epochs": self.epochs,
             "date": datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -165,7 +178,7 @@ class Trainer:
     def _close_mosaic(self) -> None:
         """Train the last epochs on whole letterboxed frames: the distribution val sees."""
         c = self.config
-        print(f"Closing mosaic for the last {c.close_mosaic} epochs")
+        print(f"Closing mosaic for the last {min(c.close_mosaic, self.epochs)} epochs")
         self.train_ds.mosaic = False
         # persistent workers hold their own copy of the dataset: start new ones; the Stitcher keeps its feedback
         self.train_loader = make_loader(self.train_ds, c.batch_size, c.workers, shuffle=True, seed=c.seed + 1)
@@ -178,12 +191,15 @@ class Trainer:
     def fit(self) -> dict:
         """Train from start_epoch to epochs; returns the final validation metrics of best.pt."""
         c = self.config
-        log, t0, stale, metrics = ResultsLog(self.save_dir), time.time(), 0, {}
+        log, stale, metrics = ResultsLog(self.save_dir), 0, {}
+        t0 = self._t0 = time.time()
         last_opt_step = -1 if self.start_epoch == 0 else self.start_epoch * len(self.loader) - 1
-        print(f"Image sizes {c.imgsz} train, {c.imgsz} val; {c.workers} workers; logging to {self.save_dir}\n"
-              f"Starting training for {c.epochs} epochs...")
-        for epoch in range(self.start_epoch, c.epochs):
-            if c.close_mosaic and epoch >= c.epochs - c.close_mosaic and self.train_ds.mosaic:
+        budget = f" (re-planned to fit --time {c.time:g} h)" if self.budget else ""
+        print(f"Image sizes {c.imgsz} train, {self.val_imgsz} val; {c.workers} workers; logging to {self.save_dir}\n"
+              f"Starting training for {self.epochs} epochs{budget}...")
+        epoch = self.start_epoch
+        while epoch < self.epochs:
+            if c.close_mosaic and epoch >= self.epochs - c.close_mosaic and self.train_ds.mosaic:
                 self._close_mosaic()
             result = train_one_epoch(self.model, self.loader, self.optimizer, self.compute_loss, self.ema,
                                      self.scaler, spec=self.spec, epoch=epoch, last_opt_step=last_opt_step,
@@ -191,7 +207,7 @@ class Trainer:
             last_opt_step = result.last_opt_step
             lrs = {f"lr/pg{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
             self.scheduler.step()
-            final = epoch + 1 == c.epochs
+            final = epoch + 1 == self.epochs or self._budget_spent(epoch, t0)
             if not c.noval or final:
                 metrics = self._validate()
             fit = fitness(metrics) if metrics else 0.0
@@ -206,10 +222,31 @@ class Trainer:
             self._save(epoch, final or stop, improved)
             if stop:
                 print(f"Stopping early: no improvement in the last {c.patience} epochs.")
+            if stop or final:
                 break
+            self._replan(epoch, t0)
+            epoch += 1
         plot_results(log.path)
         print(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
         return self._validate_best()
+
+    def _budget_spent(self, epoch: int, t0: float) -> bool:
+        """With --time: whether the epoch just trained used up the budget (it then becomes the last)."""
+        return bool(self.budget) and self.budget.spent(time.time() - t0)
+
+    def _replan(self, epoch: int, t0: float) -> None:
+        """With --time: re-estimate the run's epochs from the mean epoch time and stretch the lr schedule to them."""
+        if not self.budget:
+            return
+        before = self.epochs
+        # the budget and its epochs count from this process's start (a resumed run got what was left)
+        done, elapsed = epoch + 1 - self.start_epoch, time.time() - t0
+        self.epochs = self.start_epoch + self.budget.replan(done, elapsed)
+        if self.epochs != before:
+            self.lf = lr_lambda(self.epochs, self.hyp["lrf"], self.config.cos_lr)
+            self.scheduler = build_scheduler(self.optimizer, self.lf, epoch + 1)
+            self.spec = dataclasses.replace(self.spec, epochs=self.epochs, lf=self.lf)
+            print(f"--time {self.config.time:g} h: {elapsed / done:.0f} s per epoch, planning {self.epochs} epochs")
 
     def _validate_best(self) -> dict:
         """Validate best.pt with plots (confusion matrix, PR curves, AP by size) in the run folder."""
