@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-equal-time", action="store_true", help="skip our equal-wall-clock run")
     p.add_argument("--train-imgsz", type=int, default=0,
                    help="our training image size (0 = --imgsz; e.g. 320 with a native_crop hyp); val and scoring use --imgsz")
+    p.add_argument("--noval", action="store_true",
+                   help="ours: validate only after the last epoch (saves wall-clock for training; best.pt = last)")
     p.add_argument("--equal-time-only", action="store_true",
                    help="ours: skip the equal-epochs run, train only for the wall-clock budget (train.py --time)")
     p.add_argument("--budget-s", type=float, default=0.0,

@@ -151,7 +151,7 @@ def _our_train(a, work: Path, data: dict, epochs: int, tag: str, budget_s: float
     # train at --train-imgsz (e.g. native-resolution crops), always validate at the scored --imgsz
     cmd = [sys.executable, "train.py", "--cfg", a.cfg, "--data", data["ours_yaml"], "--hyp", a.hyp,
            "--epochs", str(epochs), "--imgsz", str(a.train_imgsz or a.imgsz), "--val-imgsz", str(a.imgsz),
-           *(["--time", f"{budget_s / 3600:.6f}"] if budget_s else []), "--batch-size", str(a.batch_size),
+           *(["--time", f"{budget_s / 3600:.6f}"] if budget_s else []), *(["--noval"] if a.noval else []), "--batch-size", str(a.batch_size),
            "--nbs", str(a.nbs), "--optimizer", "auto", "--workers", str(a.workers), "--seed", str(a.seed),
            "--project", str(work / "ours"), "--name", tag, "--exist-ok"]
     timing = run_timed(cmd, work / "ours" / f"{tag}_train.log", env)
