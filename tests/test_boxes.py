@@ -19,11 +19,12 @@ def test_conversions_round_trip_torch_and_numpy():
 
 
 def test_clip_and_filter_drop_degenerate_boxes():
-    boxes = np.array([[-5, -5, 10, 10], [50, 50, 51, 60], [90, 10, 120, 30], [200, 200, 300, 300]], float)
-    cls = np.array([0, 1, 2, 3])
+    boxes = np.array([[-5, -5, 10, 10], [50, 50, 50.5, 60], [90, 10, 120, 30], [200, 200, 300, 300],
+                      [20, 20, 21, 22]], float)
+    cls = np.array([0, 1, 2, 3, 4])
     kept, kept_cls = filter_boxes(boxes, cls, (100, 100))
-    np.testing.assert_array_equal(kept_cls, [0, 2])  # 1 px wide and fully outside boxes dropped
-    np.testing.assert_allclose(kept, [[0, 0, 10, 10], [90, 10, 100, 30]])
+    np.testing.assert_array_equal(kept_cls, [0, 2, 4])  # 0.5 px wide and fully outside boxes dropped
+    np.testing.assert_allclose(kept, [[0, 0, 10, 10], [90, 10, 100, 30], [20, 20, 21, 22]])  # 1 px kept
     assert boxes[0, 0] == -5  # filter_boxes does not modify its input
     t = clip_boxes(torch.tensor([[-1.0, 2.0, 300.0, 50.0]]), (40, 200))
     assert t.tolist() == [[0.0, 2.0, 200.0, 40.0]]

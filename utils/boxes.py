@@ -74,8 +74,11 @@ def clip_boxes(boxes, shape_hw):
     return boxes
 
 
-def filter_boxes(boxes, cls, shape_hw, min_size: float = 2.0):
-    """Clip xyxy pixel boxes to the image and drop those narrower or shorter than ``min_size``.
+def filter_boxes(boxes, cls, shape_hw, min_size: float = 1.0):
+    """Clip xyxy pixel boxes to the image and drop those narrower or shorter than ``min_size`` px.
+
+    1 px by default: a box any thinner has no pixel of the object left; a larger cut-off would
+    silently turn the tiniest objects into background.
 
     This is the one place where the pipeline removes degenerate boxes after a transform.
     Returns (boxes, cls) with the same types; ``cls`` may be any array indexed like ``boxes``.
