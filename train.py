@@ -56,6 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _warn_ignored_flags(args: argparse.Namespace, config: TrainConfig) -> None:
+    """--resume continues the stored run unchanged: say which flags given with it are not used."""
+    defaults = vars(parse_args([]))
+    ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+               if k in config.to_dict() and v != defaults[k] and v != getattr(config, k)]
+    if ignored:
+        print(f"WARNING: {', '.join(ignored)} ignored with --resume: the run continues with its stored settings "
+              "(start a new run with --weights .../last.pt to change them)")
+
+
 def _resume(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
     """The config and checkpoint of the run being resumed. Returns (config, checkpoint, last.pt path)."""
     path = find_resume_checkpoint(args.resume, Path(args.project))
@@ -65,6 +75,7 @@ def _resume(args: argparse.Namespace) -> tuple[TrainConfig, dict, Path]:
     if not isinstance(ckpt.get("train_args"), dict):
         raise CheckpointError(f"{path} holds no training config ('train_args'); it cannot be resumed")
     config = TrainConfig.from_dict(ckpt["train_args"], source=path)
+    _warn_ignored_flags(args, config)
     print(f"Resuming {path.parent.parent}: continuing from epoch {ckpt['epoch'] + 2}/{config.epochs}")
     return config, ckpt, path
 

@@ -98,9 +98,11 @@ def test_resume_after_interruption_finishes_the_requested_epochs(tiny_data, tmp_
     interrupted_at = load_checkpoint(last)["epoch"]
     assert 0 <= interrupted_at < 3
 
-    r = _run("train.py", "--resume", str(last))
+    r = _run("train.py", "--resume", str(last), "--epochs", "9", "--batch-size", "8")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"continuing from epoch {interrupted_at + 2}/4" in r.stdout
+    # --epochs differs from the stored run and is named; --batch-size 8 is what the run has anyway
+    assert "WARNING: --epochs ignored with --resume" in r.stdout
     assert [int(row["epoch"]) for row in _rows(results)] == [0, 1, 2, 3]
     ckpt = load_checkpoint(last)
     assert ckpt["epoch"] == -1 and ckpt["optimizer"] is None  # finished and stripped
