@@ -9,6 +9,11 @@ Usage:
 COCO figures are computed on boxes mapped back to original image pixels, with object areas in
 original pixels (small < 32^2 <= medium < 96^2 <= large), plus the extra bins of
 ``--area-ranges`` (default ``tiny=0,16``: boxes smaller than 16x16 px).
+
+Detections per image: without ``--max-det``, NMS keeps up to 300 and the COCO figures count the
+top 100 (COCO's maxDets, so AP compares with published figures). ``--max-det N`` sets both to N
+(dense scenes: VisDrone frames hold more than 300 objects); the COCO table says which was used.
+
 The work is done by utils/evaluation.py (``evaluate`` -> an EvalResult, no files) and
 utils/eval_output.py (tables, plots, JSON, txt); train.py calls the same two every epoch.
 """
@@ -20,11 +25,13 @@ import functools
 import sys
 from pathlib import Path
 
-from utils.coco_eval import DEFAULT_AREA_RANGES, evaluate_files, format_coco_table, parse_area_ranges
+from utils.coco_eval import COCO_MAX_DETS, DEFAULT_AREA_RANGES, evaluate_files, format_coco_table, parse_area_ranges
 from utils.cli import add_inference_flags, run_cli
 from utils.errors import ConfigError, DatasetError
 from utils.eval_output import BatchPlotter, print_results, save_json, save_plots, save_txt
 from utils.evaluation import EvalResult, evaluate
+
+NMS_MAX_DET = 300  # NMS limit without --max-det: above COCO's 100, so the COCO top 100 are never cut by NMS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=str, help="checkpoint (.pt) to evaluate")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
-    add_inference_flags(p, conf_thres=0.001, iou_thres=0.6, max_det=300)
+    add_inference_flags(p, conf_thres=0.001, iou_thres=0.6, max_det=None,
+                        max_det_help=f"detections per image kept by NMS and counted by COCO AP/AR (default: NMS "
+                                     f"{NMS_MAX_DET}, COCO {COCO_MAX_DETS}, COCO's own maxDets)")
     p.add_argument("--task", choices=("val", "test"), default="val", help="dataset split")
     p.add_argument("--workers", type=int, default=4, help="dataloader workers")
     p.add_argument("--verbose", action="store_true", help="per-class table")
@@ -51,9 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_files(gt_json: str, pred_json: str, area_ranges: dict) -> dict[str, float]:
+def run_files(gt_json: str, pred_json: str, area_ranges: dict, max_dets: int = COCO_MAX_DETS) -> dict[str, float]:
     """``--coco-gt`` + ``--pred``: evaluate an existing results file; prints the COCO table."""
-    stats, evaluator = evaluate_files(gt_json, pred_json, area_ranges)
+    stats, evaluator = evaluate_files(gt_json, pred_json, area_ranges, max_dets)
     print(f"{len(evaluator.gt['images'])} images, {len(evaluator.gt['annotations'])} GT boxes, "
           f"{evaluator.num_detections} detections")
     print(format_coco_table(stats, evaluator.gt_counts()))
@@ -89,7 +98,7 @@ def _slicer(args: argparse.Namespace, model, half: bool, on_gpu: bool):
 
     return functools.partial(sliced_predict, model, slice_size=args.slice, overlap=args.overlap,
                              imgsz=args.imgsz, conf_thres=args.conf_thres, iou_thres=args.iou_thres,
-                             max_det=args.max_det, half=half, augment=args.augment,
+                             max_det=args.max_det or NMS_MAX_DET, half=half, augment=args.augment,
                              batch_size=8 if on_gpu else 1)  # tile batches only pay on a GPU
 
 
@@ -118,11 +127,13 @@ def run(args: argparse.Namespace, area_ranges: dict) -> dict:
     model.fuse()
     save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
     loader, _ = build_dataloader(files, args.imgsz, args.batch_size, int(model.stride.max()), ckpt.get("hyp") or {},
-                                 augment=False, rect=True, workers=args.workers, shuffle=False, prefix=f"{args.task}: ")
+                                 augment=False, rect=True, workers=args.workers, shuffle=False, prefix=f"{args.task}: ",
+                                 nc=data["nc"])
     names = data["names"]
     result = evaluate(model, loader, names, conf_thres=args.conf_thres, iou_thres=args.iou_thres,
-                      max_det=args.max_det, coco_gt=args.coco_gt or data.get(f"{args.task}_json"),
-                      area_ranges=area_ranges, augment=args.augment, half=half,
+                      max_det=args.max_det or NMS_MAX_DET, coco_max_dets=args.max_det or COCO_MAX_DETS,
+                      coco_gt=args.coco_gt or data.get(f"{args.task}_json"), area_ranges=area_ranges,
+                      augment=args.augment, half=half,
                       slicer=_slicer(args, model, half, device.type == "cuda"),
                       callback=BatchPlotter(save_dir, names) if args.plots else None)
     _write_outputs(result, args, names, save_dir)
@@ -138,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> None:
     """A results file against --coco-gt, or --weights on a dataset split."""
     area_ranges = parse_area_ranges(args.area_ranges)
+    if args.max_det is not None and args.max_det < 1:
+        raise ConfigError(f"--max-det must be >= 1, got {args.max_det}")
     if args.pred or (args.coco_gt and not args.weights):
         if not (args.pred and args.coco_gt):
             raise ConfigError("--pred and --coco-gt go together (or add --weights and --data)")
-        run_files(args.coco_gt, args.pred, area_ranges)
+        run_files(args.coco_gt, args.pred, area_ranges, args.max_det or COCO_MAX_DETS)
     else:
         run(args, area_ranges)
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from utils.coco_eval import (COCO_KEYS, CocoEvaluator, CocoFormatError, evaluate_files, format_coco_table,
-                             load_coco_gt, load_coco_results, parse_area_ranges, yolo_labels_to_coco)
+from utils.coco_eval import (COCO_KEYS, CocoEvaluator, CocoFormatError, coco_keys, evaluate_files, format_coco_table,
+                             load_coco_gt, load_coco_results, max_dets_list, parse_area_ranges, yolo_labels_to_coco)
+from utils.errors import ConfigError
 
 from tests.helpers import jittered_detections
 
@@ -196,3 +197,79 @@ def test_results_file_round_trip_and_errors(tmp_path, coco_gt):
     bad.write_text(json.dumps({"images": []}))
     with pytest.raises(CocoFormatError, match="needs lists"):
         load_coco_gt(bad)
+
+
+def _dense_gt_and_detections(n: int = 150) -> tuple[dict, list[dict]]:
+    """One 400x400 image with n separate 20x20 px boxes and a perfect detection of each (scores descending)."""
+    boxes = [[float(20 * (i % 15) + 5), float(30 * (i // 15) + 5), 10.0, 10.0] for i in range(n)]
+    gt = {"images": [{"id": 1, "width": 400, "height": 400, "file_name": "dense.jpg"}],
+          "categories": [{"id": 0, "name": "car"}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 0, "bbox": b, "area": 100.0, "iscrowd": 0}
+                          for i, b in enumerate(boxes)]}
+    dets = [{"image_id": 1, "category_id": 0, "bbox": b, "score": 1.0 - i / (2 * n)} for i, b in enumerate(boxes)]
+    return gt, dets
+
+
+def test_max_dets_follows_the_setting_and_agrees_with_pycocotools(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt, dets = _dense_gt_and_detections(150)
+    default = CocoEvaluator(gt)
+    default.add_results(dets)
+    at100 = default.summarize()
+    assert at100["AR100"] == pytest.approx(100 / 150, abs=1e-3)  # COCO's 100 caps recall on a dense image
+    assert "maxDets 100 (COCO's)" in format_coco_table(at100)
+    dense = CocoEvaluator(gt, max_dets=300)
+    dense.add_results(dets)
+    at300 = dense.summarize()
+    assert set(at300) == {*COCO_KEYS[:6], "AR1", "AR10", "AR300", "ARs", "ARm", "ARl"}
+    assert at300["AR300"] == pytest.approx(1.0) and at300["AP"] == pytest.approx(1.0)
+    table = format_coco_table(at300)
+    assert "AR300" in table and "AR100" not in table and "maxDets 300 per image (COCO's is 100)" in table
+    with contextlib.redirect_stdout(io.StringIO()):  # the reference with the same maxDets
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
+        ev.params.maxDets = [1, 10, 300]
+        ev.evaluate()
+        ev.accumulate()  # (its summarize() reads maxDets 100 only, so take the arrays)
+    precision, recall = ev.eval["precision"], ev.eval["recall"]  # [T, R, K, area, maxDets], [T, K, area, maxDets]
+    ref = {"AP": precision[:, :, :, 0, 2], "APs": precision[:, :, :, 1, 2], "AP50": precision[0, :, :, 0, 2],
+           "AR1": recall[:, :, 0, 0], "AR10": recall[:, :, 0, 1], "AR300": recall[:, :, 0, 2], "ARs": recall[:, :, 1, 2]}
+    for k, v in ref.items():
+        assert at300[k] == pytest.approx(v[v > -1].mean(), abs=1e-3), k
+    assert max_dets_list(5) == [1, 5] and coco_keys(5)[6:8] == ("AR1", "AR5")
+    with pytest.raises(ConfigError, match="maxDets"):
+        CocoEvaluator(gt, max_dets=0)
+
+
+def test_duplicate_basenames_resolve_by_relative_path_or_fail_naming_them():
+    gt = {"images": [{"id": 1, "width": 64, "height": 64, "file_name": "seq1/000001.jpg"},
+                     {"id": 2, "width": 64, "height": 64, "file_name": "seq2\\000001.jpg"},  # made on Windows
+                     {"id": 3, "width": 64, "height": 64, "file_name": "000002.jpg"}],
+          "categories": [{"id": 0, "name": "car"}], "annotations": []}
+    ev = CocoEvaluator(gt)
+    assert ev.image_id("/data/images/seq1/000001.jpg") == 1
+    assert ev.image_id("/data/images/seq2/000001.jpg") == 2
+    assert ev.image_id("/elsewhere/000002.jpg") == 3  # a unique basename matches by itself
+    with pytest.raises(CocoFormatError, match=r"2 images named 000001\.jpg \(seq1/000001\.jpg, seq2/000001\.jpg\)"):
+        ev.image_id("/data/images/seq3/000001.jpg")
+    twins = {**gt, "images": [{**im, "file_name": "000001.jpg"} for im in gt["images"][:2]]}
+    with pytest.raises(CocoFormatError, match="2 images named 000001.jpg"):
+        CocoEvaluator(twins).image_id("/data/seq1/000001.jpg")
+
+
+def test_two_dataset_images_on_one_gt_image_is_an_error_naming_both():
+    from types import SimpleNamespace
+
+    from utils.evaluation import _coco_evaluator
+
+    gt = {"images": [{"id": 7, "width": 64, "height": 64, "file_name": "000001.jpg"}],
+          "categories": [{"id": 0, "name": "car"}], "annotations": []}
+    dataset = SimpleNamespace(img_files=["/d/seq1/000001.jpg", "/d/seq2/000001.jpg"])
+    with pytest.raises(CocoFormatError, match=r"/d/seq1/000001\.jpg and /d/seq2/000001\.jpg match the same"):
+        _coco_evaluator(dataset, ["car"], gt, None, 100)
+    ev, ids = _coco_evaluator(SimpleNamespace(img_files=["/d/seq1/000001.jpg"]), ["car"], gt, None, 300)
+    assert ids == {"/d/seq1/000001.jpg": 7} and ev.max_dets == 300

@@ -131,6 +131,7 @@ def test_main_augment_and_outputs(tmp_path, capsys, monkeypatch):
     run = tmp_path / "runs" / "exp"
     counts = _per_image_counts(run)
     assert len(counts) == 3 and max(counts.values()) == 5  # --max-det caps, and here it binds
+    assert "maxDets 5 per image" in out and "AR5" in out  # ... and COCO counts as many
     preds = json.loads((run / "predictions.json").read_text())
     gt = json.loads((run / "gt_coco.json").read_text())
     assert {(im["width"], im["height"]) for im in gt["images"]} == {(640, 512)}  # original sizes
@@ -233,3 +234,37 @@ def test_tta_maps_every_pass_back_to_input_pixels():
     assert raw[0] is not None and pred.shape == (1, len(TTA_PASSES), 6)
     for box in pred[0]:
         assert box[:4].tolist() == pytest.approx([32, 42, 24, 24], abs=2.0)
+
+
+def test_max_det_sets_the_nms_limit_and_coco_max_dets(tmp_path, capsys, monkeypatch):
+    weights, data = _tiny_checkpoint_and_data(tmp_path, n_images=1)
+    real, seen = val.evaluate, []
+
+    def recording_evaluate(*args, **kw):
+        seen.append((kw["max_det"], kw["coco_max_dets"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(val, "evaluate", recording_evaluate)
+    argv = ["--weights", str(weights), "--data", str(data), "--imgsz", "96", "--device", "cpu", "--workers", "0",
+            "--project", str(tmp_path / "runs"), "--no-plots"]
+    assert val.main(argv) == 0
+    assert "maxDets 100 (COCO's)" in capsys.readouterr().out
+    assert val.main([*argv, "--max-det", "1000"]) == 0
+    assert "maxDets 1000 per image (COCO's is 100)" in capsys.readouterr().out
+    assert seen == [(300, 100), (1000, 1000)]  # default: NMS keeps more than COCO counts; the flag sets both
+
+    gt = {"images": [{"id": 1, "width": 400, "height": 400, "file_name": "dense.jpg"}],
+          "categories": [{"id": 0, "name": "car"}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 0, "area": 100.0, "iscrowd": 0,
+                           "bbox": [20.0 * (i % 15) + 5, 30.0 * (i // 15) + 5, 10.0, 10.0]} for i in range(150)]}
+    dets = [{**{k: a[k] for k in ("image_id", "category_id", "bbox")}, "score": 1 - a["id"] / 300}
+            for a in gt["annotations"]]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(dets))
+    files = ["--coco-gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json"), "--area-ranges"]
+    for extra, key, value in (([], "AR100", 0.667), (["--max-det", "300"], "AR300", 1.0)):
+        assert val.main([*files, *extra]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        header = next(i for i, line in enumerate(lines) if key in line.split())
+        assert float(lines[header + 1].split()[lines[header].split().index(key)]) == pytest.approx(value, abs=1e-3)
+    assert val.main([*files, "--max-det", "0"]) == 1 and "--max-det" in capsys.readouterr().err

@@ -27,11 +27,12 @@ def run_cli(prog: str, work: Callable[[], object], on_interrupt: str = "interrup
     return 0
 
 
-def add_inference_flags(p: argparse.ArgumentParser, *, conf_thres: float, iou_thres: float, max_det: int) -> None:
+def add_inference_flags(p: argparse.ArgumentParser, *, conf_thres: float, iou_thres: float, max_det: int | None,
+                        max_det_help: str = "maximum detections per image") -> None:
     """The flags val.py and detect.py share (YOLOv5 names), with each script's own defaults."""
     p.add_argument("--conf-thres", type=float, default=conf_thres, help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=iou_thres, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=max_det, help="maximum detections per image")
+    p.add_argument("--max-det", type=int, default=max_det, help=max_det_help)
     p.add_argument("--device", default="", help="'' (auto), cpu, 0 or cuda:0")
     p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
     p.add_argument("--augment", action="store_true", help="test-time augmentation (flip, scales 0.83/0.67)")

@@ -6,6 +6,14 @@ pixels, so the size bins mean what they mean in the COCO paper: small < 32^2 <= 
 ``AR_<name>``. Ground truth is either a COCO JSON or built from YOLO labels with the true image
 sizes (:func:`yolo_labels_to_coco`).
 
+Detections per image: COCO's maxDets [1, 10, 100] by default (AP and the size bins use the last
+entry). ``max_dets`` replaces the last entry (``[1, 10, 300]``: keys AR1, AR10, AR300) for dense
+scenes where 100 caps recall; the table says which limit was used.
+
+Images of a dataset find their COCO image id by file name: by basename when the ground truth's
+basenames are unique, else by the relative path in ``file_name`` (``seq1/000001.jpg`` matches
+``.../seq1/000001.jpg``). Names that stay ambiguous are an error naming them, never a silent merge.
+
 faster-coco-eval reproduces pycocotools' numbers (tested to 1e-3) with a C++ core that is many
 times faster, so this evaluation can run every epoch.
 """
@@ -16,6 +24,7 @@ import contextlib
 import gc
 import io
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,11 +37,40 @@ from utils.errors import CocoFormatError, ConfigError
 MAX_AREA = 1e5**2  # pycocotools' upper bound for "all" and "large"
 COCO_RANGES: dict[str, tuple[float, float]] = {
     "small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, MAX_AREA)}
-COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-# faster-coco-eval's stats_as_dict labels for the default maxDets [1, 10, 100]
+COCO_MAX_DETS = 100  # COCO's detections per image; the default, so figures compare with published ones
+# faster-coco-eval's stats_as_dict labels (AR at each maxDets entry: see _lib_key)
 _LIB_KEYS = {"AP": "AP_all", "AP50": "AP_50", "AP75": "AP_75", "APs": "AP_small",
-             "APm": "AP_medium", "APl": "AP_large", "AR1": "AR_all", "AR10": "AR_second",
-             "AR100": "AR_third", "ARs": "AR_small", "ARm": "AR_medium", "ARl": "AR_large"}
+             "APm": "AP_medium", "APl": "AP_large", "ARs": "AR_small", "ARm": "AR_medium", "ARl": "AR_large"}
+_LIB_DEFAULT_AR = {1: "AR_all", 10: "AR_second", 100: "AR_third"}  # its labels for maxDets [1, 10, 100]
+
+
+def max_dets_list(max_dets: int = COCO_MAX_DETS) -> list[int]:
+    """COCO's maxDets [1, 10, 100] with the last entry replaced by ``max_dets`` (entries >= it dropped)."""
+    if isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1:
+        raise ConfigError(f"COCO maxDets must be an integer >= 1, got {max_dets!r}")
+    return [*(d for d in (1, 10) if d < max_dets), max_dets]
+
+
+def coco_keys(max_dets: int = COCO_MAX_DETS) -> tuple[str, ...]:
+    """The 12 COCO figures' keys; the AR keys name the maxDets entries (AR1, AR10, AR100 by default)."""
+    return ("AP", "AP50", "AP75", "APs", "APm", "APl", *(f"AR{d}" for d in max_dets_list(max_dets)),
+            "ARs", "ARm", "ARl")
+
+
+def max_dets_of(stats: dict[str, float]) -> int:
+    """The maxDets a stats dict was computed with (its largest ``AR<n>`` key; 100 when it has none)."""
+    return max((int(k[2:]) for k in stats if re.fullmatch(r"AR\d+", k)), default=COCO_MAX_DETS)
+
+
+COCO_KEYS = coco_keys()
+
+
+def _lib_key(key: str, dets: list[int]) -> str:
+    """faster-coco-eval's stats_as_dict label of one of our keys."""
+    if re.fullmatch(r"AR\d+", key):
+        d = int(key[2:])
+        return _LIB_DEFAULT_AR[d] if dets == [1, 10, 100] else f"AR_{d}"
+    return _LIB_KEYS[key]
 DEFAULT_AREA_RANGES = ("tiny=0,16",)  # val.py default: tiny objects, side below 16 px
 
 
@@ -89,6 +127,11 @@ def yolo_labels_to_coco(labels: Sequence[np.ndarray], shapes_wh: np.ndarray, nam
                          "bbox": [x, y, ww, hh], "area": ww * hh, "iscrowd": 0})
     cats = [{"id": i, "name": str(n)} for i, n in enumerate(names)]
     return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _path_parts(path: str) -> tuple[str, ...]:
+    """Components of a path written with / or \\ (COCO files made on Windows), without '.' and '..'."""
+    return tuple(p for p in re.split(r"[/\\]+", path) if p not in ("", ".", ".."))
 
 
 def _read_json(path: str | Path, what: str):
@@ -198,12 +241,14 @@ class CocoEvaluator:
         gt: COCO ground-truth dict (see :func:`load_coco_gt`, :func:`yolo_labels_to_coco`).
         area_ranges: extra named bins ``{name: (min_area, max_area)}`` in original pixels^2.
         nc: number of classes of the model; must equal the number of GT categories when given.
+        max_dets: detections per image that count (COCO's maxDets, last entry); 100 = COCO's.
     """
 
     def __init__(self, gt: dict, area_ranges: dict[str, tuple[float, float]] | None = None,
-                 nc: int | None = None):
+                 nc: int | None = None, max_dets: int = COCO_MAX_DETS):
         self.gt = gt
         self.area_ranges = dict(area_ranges or {})
+        self.max_dets = max_dets_list(max_dets)[-1]
         self.cat_ids = sorted(int(c["id"]) for c in gt["categories"])
         if nc is not None and nc != len(self.cat_ids):
             raise CocoFormatError(f"the model has {nc} classes but the COCO ground truth has {len(self.cat_ids)} categories")
@@ -212,16 +257,33 @@ class CocoEvaluator:
             f"COCO category ids are not 0..{len(self.cat_ids) - 1}: class index i is the i-th "
             f"category id in sorted order ({self.cat_ids[0]}..{self.cat_ids[-1]})")
         self._cat_lut = np.asarray(self.cat_ids, dtype=np.float64)
-        self._file_ids = {Path(str(im.get("file_name", ""))).name: int(im["id"]) for im in gt["images"]}
+        self._by_basename: dict[str, list[tuple[tuple[str, ...], int]]] = {}  # name -> [(file_name parts, id)]
+        for im in gt["images"]:
+            parts = _path_parts(str(im.get("file_name", "")))
+            if parts:
+                self._by_basename.setdefault(parts[-1], []).append((parts, int(im["id"])))
         self._chunks: list[np.ndarray] = []  # (n, 7) rows [image_id, x, y, w, h, score, category_id]
         self.seen_ids: set[int] = set()
 
     def image_id(self, file: str | Path) -> int:
-        """GT image id of an image file, matched by file name. Raises CocoFormatError if absent."""
-        name = Path(file).name
-        if name not in self._file_ids:
-            raise CocoFormatError(f"image {name} is not in the COCO ground truth")
-        return self._file_ids[name]
+        """GT image id of an image file, matched by file name (see the module docstring).
+
+        Raises CocoFormatError when no GT image has that name, or when several do and their
+        ``file_name`` paths do not single out one.
+        """
+        parts = _path_parts(os.path.abspath(file))
+        found = self._by_basename.get(parts[-1], [])
+        if len(found) == 1:
+            return found[0][1]
+        if not found:
+            raise CocoFormatError(f"image {parts[-1]} is not in the COCO ground truth")
+        hits = [i for gt_parts, i in found if parts[-len(gt_parts):] == gt_parts]
+        if len(hits) == 1:
+            return hits[0]
+        names = ", ".join(sorted("/".join(p) for p, _ in found))
+        raise CocoFormatError(f"image {file}: the COCO ground truth has {len(found)} images named {parts[-1]} "
+                              f"({names}) and their file_name paths do not say which one this is (give each "
+                              "file_name its folder, e.g. seq1/000001.jpg)")
 
     def add(self, image_id: int, boxes_xyxy: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray,
             classes: torch.Tensor | np.ndarray) -> None:
@@ -308,7 +370,8 @@ class CocoEvaluator:
         return {k: int(((areas >= lo) & (areas < hi)).sum()) if areas.size else 0 for k, (lo, hi) in ranges.items()}
 
     def summarize(self, img_ids: Iterable[int] | None = None) -> dict[str, float]:
-        """Run the COCO evaluation; returns :data:`COCO_KEYS` plus ``AP_<name>``/``AR_<name>`` per extra bin.
+        """Run the COCO evaluation; returns :func:`coco_keys` (of ``max_dets``) plus ``AP_<name>``/``AR_<name>``
+        per extra bin.
 
         Args:
             img_ids: evaluate only these GT images (e.g. the images of the val split);
@@ -318,48 +381,55 @@ class CocoEvaluator:
         """
         from faster_coco_eval import COCO, COCOeval_faster  # heavy C++ extension: load on first use
 
-        keys = [*COCO_KEYS, *(f"{p}_{n}" for n in self.area_ranges for p in ("AP", "AR"))]
+        keys = [*coco_keys(self.max_dets), *(f"{p}_{n}" for n in self.area_ranges for p in ("AP", "AR"))]
         ids = None if img_ids is None else sorted(set(int(i) for i in img_ids))
         if ids == [] or not self.gt["images"]:
             return dict.fromkeys(keys, 0.0)
         # the library annotates GT dicts in place; give it copies so self.gt stays clean
         gt = {**self.gt, "annotations": [dict(a) for a in self.gt["annotations"]]}
         ranges = {k: list(v) for k, v in {**COCO_RANGES, **self.area_ranges}.items()}
+        dets = max_dets_list(self.max_dets)
         with contextlib.redirect_stdout(io.StringIO()), gc_paused():
             coco_gt = COCO(gt, print_function=_silent)
             coco_dt = COCO(self._detection_dataset(), print_function=_silent)
             ev = COCOeval_faster(coco_gt, coco_dt, iouType="bbox", ranges=ranges, print_function=_silent)
+            ev.params.maxDets = dets
             if ids is not None:
                 ev.params.imgIds = ids
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
         lib = ev.stats_as_dict
-        out = {k: lib[_LIB_KEYS[k]] for k in COCO_KEYS}
+        out = {k: lib[_lib_key(k, dets)] for k in coco_keys(self.max_dets)}
         for n in self.area_ranges:
             out[f"AP_{n}"], out[f"AR_{n}"] = lib[f"AP_{n}"], lib[f"AR_{n}"]
         return {k: max(float(v), 0.0) for k, v in out.items()}
 
 
 def format_coco_table(stats: dict[str, float], gt_counts: dict[str, int] | None = None) -> str:
-    """The COCO figures as a two-block text table (AP row, AR row), extra bins beside the COCO ones."""
+    """The COCO figures as a two-block text table (AP row, AR row), extra bins beside the COCO ones,
+    and the maxDets they were computed with."""
     extras = [k[3:] for k in stats if k.startswith("AP_")]
+    max_dets = max_dets_of(stats)
     ap_keys = ["AP", "AP50", "AP75", "APs", "APm", "APl", *(f"AP_{n}" for n in extras)]
-    ar_keys = ["AR1", "AR10", "AR100", "ARs", "ARm", "ARl", *(f"AR_{n}" for n in extras)]
+    ar_keys = [*(f"AR{d}" for d in max_dets_list(max_dets)), "ARs", "ARm", "ARl", *(f"AR_{n}" for n in extras)]
     width = max(9, *(len(k) + 2 for k in ap_keys + ar_keys))
     lines = []
     for label, ks in (("COCO", ap_keys), ("", ar_keys)):
         lines.append(f"{label:>8}" + "".join(f"{k:>{width}}" for k in ks))
         lines.append(" " * 8 + "".join(f"{stats.get(k, 0.0):>{width}.3f}" for k in ks))
+    default = " (COCO's)" if max_dets == COCO_MAX_DETS else f" per image (COCO's is {COCO_MAX_DETS})"
+    lines.append(" " * 8 + f"maxDets {max_dets}{default}: AP and the size bins count the top {max_dets} detections")
     if gt_counts:
         lines.append(" " * 8 + "objects per size bin: " + ", ".join(f"{k} {v}" for k, v in gt_counts.items()))
     return "\n".join(lines)
 
 
 def evaluate_files(gt_json: str | Path, pred_json: str | Path,
-                   area_ranges: dict[str, tuple[float, float]] | None = None) -> tuple[dict[str, float], CocoEvaluator]:
+                   area_ranges: dict[str, tuple[float, float]] | None = None,
+                   max_dets: int = COCO_MAX_DETS) -> tuple[dict[str, float], CocoEvaluator]:
     """Evaluate an existing COCO results file against a COCO GT file (every GT image counts)."""
     gt = load_coco_gt(gt_json)
-    evaluator = CocoEvaluator(gt, area_ranges)
+    evaluator = CocoEvaluator(gt, area_ranges, max_dets=max_dets)
     evaluator.add_results(load_coco_results(pred_json, gt))
     return evaluator.summarize(), evaluator

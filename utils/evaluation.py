@@ -21,8 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.boxes import scale_boxes, xywh2xyxy
-from utils.coco_eval import CocoEvaluator, load_coco_gt, yolo_labels_to_coco
-from utils.errors import MissingFileError
+from utils.coco_eval import COCO_MAX_DETS, CocoEvaluator, load_coco_gt, yolo_labels_to_coco
+from utils.errors import CocoFormatError, MissingFileError
 from utils.metrics import APResult, ConfusionMatrix, DetectionStats
 from utils.nms import non_max_suppression
 from utils.tta import tta_predict
@@ -89,20 +89,30 @@ class EvalResult:
         return {**self.metrics, "per_class": self.per_class}
 
 
-def _coco_evaluator(dataset, names: list[str], coco_gt: str | Path | dict | None,
-                    area_ranges: dict | None) -> tuple[CocoEvaluator, dict[str, int]]:
+def _coco_evaluator(dataset, names: list[str], coco_gt: str | Path | dict | None, area_ranges: dict | None,
+                    max_dets: int) -> tuple[CocoEvaluator, dict[str, int]]:
     """Evaluator for the split and the GT image id of each image file (by path).
 
-    GT is the COCO JSON (ids matched by file name) when given, else the dataset's YOLO labels
-    converted with the true image sizes (``dataset.shapes`` (N, 2) w, h).
+    GT is the COCO JSON (ids matched by file name, see utils/coco_eval.py) when given, else the
+    dataset's YOLO labels converted with the true image sizes (``dataset.shapes`` (N, 2) w, h).
+    Raises CocoFormatError when two images of the split match the same GT image.
     """
     files = [str(f) for f in dataset.img_files]
     if coco_gt is None:
         gt = yolo_labels_to_coco(dataset.labels, dataset.shapes, names, files)
-        return CocoEvaluator(gt, area_ranges, nc=len(names)), {f: i + 1 for i, f in enumerate(files)}
+        ev = CocoEvaluator(gt, area_ranges, nc=len(names), max_dets=max_dets)
+        return ev, {f: i + 1 for i, f in enumerate(files)}
     gt = coco_gt if isinstance(coco_gt, dict) else load_coco_gt(coco_gt)
-    ev = CocoEvaluator(gt, area_ranges, nc=len(names))
-    return ev, {f: ev.image_id(f) for f in files}
+    ev = CocoEvaluator(gt, area_ranges, nc=len(names), max_dets=max_dets)
+    ids = {f: ev.image_id(f) for f in files}
+    by_id: dict[int, list[str]] = {}
+    for f, i in ids.items():
+        by_id.setdefault(i, []).append(f)
+    shared = [fs for fs in by_id.values() if len(fs) > 1]
+    if shared:
+        raise CocoFormatError(f"images {' and '.join(shared[0])} match the same COCO ground-truth image (file names "
+                              f"alike; {len(shared)} such groups): give each file_name its folder, e.g. seq1/000001.jpg")
+    return ev, ids
 
 
 class _Accumulator:
@@ -235,7 +245,7 @@ def evaluate(model: nn.Module, dataloader, names: list[str], *, conf_thres: floa
              iou_thres: float = 0.6, max_det: int = 300, coco_gt: str | Path | dict | None = None,
              area_ranges: dict[str, tuple[float, float]] | None = None, compute_loss: Callable | None = None,
              augment: bool = False, half: bool = False, slicer: Callable | None = None,
-             callback: EvalCallback | None = None) -> EvalResult:
+             callback: EvalCallback | None = None, coco_max_dets: int = COCO_MAX_DETS) -> EvalResult:
     """One validation pass; writes no file.
 
     Args:
@@ -251,10 +261,12 @@ def evaluate(model: nn.Module, dataloader, names: list[str], *, conf_thres: floa
         slicer: ``slicer(img_bgr HxWx3) -> (n, 6) [x1, y1, x2, y2, conf, cls]`` in original pixels;
             when given, detections come from it (sliced inference) instead of the batch.
         callback: its ``on_batch`` sees every letterboxed batch (e.g. to draw mosaics).
+        coco_max_dets: detections per image the COCO figures count (maxDets; 100 = COCO's). Keep
+            ``max_det`` at least as large, or NMS caps what COCO could count.
     """
     device = next(model.parameters()).device
     half = half and device.type == "cuda"
-    coco, image_ids = _coco_evaluator(dataloader.dataset, names, coco_gt, area_ranges)
+    coco, image_ids = _coco_evaluator(dataloader.dataset, names, coco_gt, area_ranges, coco_max_dets)
     acc = _Accumulator(len(names), coco, image_ids)
     was_training = model.training
     model.eval()

@@ -17,6 +17,7 @@ import torch
 
 from utils.boxes import xyxy2xywh
 from utils.annotate import class_color, class_name
+from utils.coco_eval import max_dets_of
 
 COCO_SIDE_BINS = (32, 96)  # small < 32^2 <= medium < 96^2 <= large (sides in px)
 
@@ -111,14 +112,15 @@ def plot_ap_by_size(stats: dict[str, float], save_path: str | Path,
     ``gt_counts`` (bin -> number of GT boxes) is written under each bar pair.
     """
     bins = [(k[3:], k, "AR_" + k[3:]) for k in stats if k.startswith("AP_")]
-    bins += [("small", "APs", "ARs"), ("medium", "APm", "ARm"), ("large", "APl", "ARl"), ("all", "AP", "AR100")]
+    max_dets = max_dets_of(stats)
+    bins += [("small", "APs", "ARs"), ("medium", "APm", "ARm"), ("large", "APl", "ARl"), ("all", "AP", f"AR{max_dets}")]
     x = np.arange(len(bins))
     fig = new_figure((8, 5))
     ax = fig.add_subplot()
     ap = [stats.get(a, 0.0) for _, a, _ in bins]
     ar = [stats.get(r, 0.0) for _, _, r in bins]
     ax.bar(x - 0.2, ap, 0.4, label="AP@[.5:.95]")
-    ax.bar(x + 0.2, ar, 0.4, label="AR@100")
+    ax.bar(x + 0.2, ar, 0.4, label=f"AR@{max_dets}")
     for xi, v in zip(x, ap):
         ax.text(xi - 0.2, v + 0.01, f"{v:.3f}", ha="center", fontsize=7)
     ticks = [f"{n}\n({gt_counts[n]} obj)" if gt_counts and n in gt_counts else n for n, _, _ in bins]

@@ -23,7 +23,7 @@ from utils.data.config import load_data_config
 from utils.data.loader import build_dataloader, make_loader
 from utils.data.stitcher import StitchingLoader
 from utils.engine import RunSpec, train_one_epoch
-from utils.errors import ConfigError, DatasetError, LabelError
+from utils.errors import ConfigError, DatasetError
 from utils.hyp import load_hyp
 from utils.loss import build_loss
 from utils.metrics import fitness
@@ -83,14 +83,10 @@ class Trainer:
             raise DatasetError(f"{c.data}: the dataset YAML needs non-empty 'train' and 'val' splits")
         self.train_loader, self.train_ds = build_dataloader(
             self.data["train"], c.imgsz, c.batch_size, self.grid, hyp, augment=True, workers=c.workers,
-            shuffle=True, cache=c.cache, seed=c.seed, prefix="train: ")
+            shuffle=True, cache=c.cache, seed=c.seed, prefix="train: ", nc=self.data["nc"])
         self.val_loader, _ = build_dataloader(
             self.data["val"], self.val_imgsz, c.batch_size * 2, self.grid, hyp, augment=False, rect=True,
-            workers=c.workers, cache=c.cache, seed=c.seed, prefix="val: ")
-        labels = [lb for lb in self.train_ds.labels if len(lb)]
-        max_cls = int(max((lb[:, 0].max() for lb in labels), default=0))
-        if max_cls >= self.data["nc"]:
-            raise LabelError(f"{c.data}: label class {max_cls} exceeds nc={self.data['nc']}")
+            workers=c.workers, cache=c.cache, seed=c.seed, prefix="val: ", nc=self.data["nc"])
         self.loader = StitchingLoader(self.train_loader, hyp["stitch_tau"])
 
     def _build_optimization(self, ckpt: dict | None) -> str:

@@ -31,6 +31,7 @@ from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data.augment import (PixelAugment, Sample, augment_hsv, flip_lr, flip_ud, letterbox, rand_bool,
                                 random_perspective, resize_long_side)
 from utils.data.copy_paste import copy_paste_small
+from utils.data.image_check import read_image
 from utils.data.label_cache import load_labels
 from utils.data.mosaic import mixup, mosaic4, mosaic9
 from utils.data.native_crop import native_crop
@@ -91,13 +92,15 @@ class YoloDataset(Dataset):
     """Detection dataset over image files with YOLO txt labels (see the module docstring).
 
     Attributes: img_files (list[str]), label_files, labels (list of float32 (n, 5) [cls, cx, cy, w,
-    h] normalized), segments, shapes (int (N, 2) original (w, h)), indices (item -> image index),
-    batch_shapes / batch_index (rect only).
+    h] normalized), segments, shapes (int (N, 2) original (w, h)), damaged (bool per image: decode
+    quietly), indices (item -> image index), batch_shapes / batch_index (rect only).
+    ``nc`` (the dataset YAML's number of names) skips images with class ids >= nc.
     """
 
     def __init__(self, img_files: list[str], imgsz: int = 640, augment: bool = False,
                  hyp: dict[str, Any] | None = None, rect: bool = False, batch_size: int = 16,
-                 stride: int = 32, cache: str | None = None, pad: float = 0.0, prefix: str = "") -> None:
+                 stride: int = 32, cache: str | None = None, pad: float = 0.0, prefix: str = "",
+                 nc: int | None = None) -> None:
         if cache not in (None, "ram"):
             raise ConfigError(f"cache must be None or 'ram', got {cache!r}")
         if augment and hyp is None:
@@ -105,8 +108,8 @@ class YoloDataset(Dataset):
         self.imgsz, self.augment, self.rect, self.stride, self.prefix = imgsz, augment, rect, stride, prefix
         self.hyp = {**load_hyp(), **(hyp or {})}  # keys a partial hyp dict leaves out: the defaults file
         _check_native(self.hyp)
-        ls = load_labels(list(img_files), prefix=prefix)
-        self.img_files, self.label_files = ls.img_files, ls.label_files
+        ls = load_labels(list(img_files), prefix=prefix, nc=nc)
+        self.img_files, self.label_files, self.damaged = ls.img_files, ls.label_files, ls.damaged
         self.labels, self.segments, self.shapes = ls.labels, ls.segments, ls.shapes
         self.ims: list[np.ndarray | None] = [None] * len(self.img_files)
         self.mosaic = augment and not rect  # rect keeps each batch's aspect; mosaic would undo it
@@ -123,7 +126,7 @@ class YoloDataset(Dataset):
     def _sort_by_aspect(self) -> None:
         """Order every per-image list by h / w so that rect batches group similar shapes."""
         order = np.argsort(self.shapes[:, 1] / self.shapes[:, 0], kind="stable")
-        for name in ("img_files", "label_files", "labels", "segments", "ims"):
+        for name in ("img_files", "label_files", "labels", "segments", "damaged", "ims"):
             seq = getattr(self, name)
             setattr(self, name, [seq[i] for i in order])
         self.shapes = self.shapes[order]
@@ -147,8 +150,8 @@ class YoloDataset(Dataset):
         return p
 
     def _read(self, i: int) -> np.ndarray:
-        """Read image i from disk as 3-channel BGR at its original size."""
-        img = cv2.imread(self.img_files[i], cv2.IMREAD_COLOR)  # grayscale files come back 3-channel
+        """Read image i from disk as 3-channel BGR at its original size (damaged files: decoder quiet)."""
+        img = read_image(self.img_files[i], quiet=self.damaged[i])  # grayscale files come back 3-channel
         if img is None:
             raise FileNotFoundError(f"image {self.img_files[i]} can no longer be read")
         return img

@@ -35,17 +35,17 @@ def seed_worker(worker_id: int) -> None:
 def build_dataloader(img_files: list[str], imgsz: int, batch_size: int, stride: int,
                      hyp: dict[str, Any] | None, augment: bool, rect: bool = False, workers: int = 0,
                      shuffle: bool = False, cache: str | None = None, seed: int = 0,
-                     prefix: str = "") -> tuple[DataLoader, YoloDataset]:
+                     prefix: str = "", nc: int | None = None) -> tuple[DataLoader, YoloDataset]:
     """Build the dataset and its DataLoader.
 
     ``rect`` batches keep each batch's images at one shape, so they are never shuffled (a warning
     says so when shuffle was asked). ``workers`` is capped by the CPU count; ``pin_memory`` is used
-    only when CUDA is available. Returns (loader, dataset).
+    only when CUDA is available. ``nc`` skips images with class ids >= nc. Returns (loader, dataset).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     dataset = YoloDataset(img_files, imgsz=imgsz, augment=augment, hyp=hyp, rect=rect, batch_size=batch_size,
-                          stride=stride, cache=cache, pad=0.0, prefix=prefix)
+                          stride=stride, cache=cache, pad=0.0, prefix=prefix, nc=nc)
     dataset.reseed(seed)
     if rect and shuffle:
         LOGGER.warning("%sWARNING: rect batches cannot be shuffled, using shuffle=False", prefix)
