@@ -3,6 +3,7 @@
     python train.py                                     # yolov5n-p2 on the bundled HIT-UAV sample
     python train.py --cfg models/yolov5s-p2.yaml --data data/hit-uav.yaml --img 640 --epochs 100
     python train.py --resume                            # continue the newest interrupted run
+    python train.py --evolve 300 --epochs 10            # evolve the hyp (runs/evolve/exp/hyp_evolve.yaml)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, ConfigError
 from utils.optim import OPTIMIZERS
 from utils.run_dir import find_resume_checkpoint, increment_path
 from utils.train_config import TrainConfig
@@ -53,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="nominal batch size: gradients accumulate up to it (YOLOv5 uses 64)")
     p.add_argument("--close-mosaic", type=int, default=0, metavar="N",
                    help="switch mosaic off for the last N epochs (train on whole frames, as val sees them)")
+    p.add_argument("--evolve", type=int, nargs="?", const=300, default=0, metavar="N",
+                   help="evolve the hyp for N generations (300 without N) in runs/evolve/exp; rerun with "
+                        "--name exp --exist-ok to continue")
+    p.add_argument("--noplots", action="store_true", help="save no plots (labels, batches, results, curves)")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="do not write TensorBoard events (written by default when tensorboard is installed)")
     return p.parse_args(argv)
 
 
@@ -91,6 +98,8 @@ def run(args: argparse.Namespace) -> dict:
     """Train a new run, or continue one with --resume; returns the final metrics of best.pt."""
     from utils.trainer import Trainer
 
+    if args.evolve:
+        return _evolve(args)
     ckpt = None
     if args.resume:
         config, ckpt, last = _resume(args)
@@ -102,6 +111,18 @@ def run(args: argparse.Namespace) -> dict:
     summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("P", "R", "mAP50", "mAP50-95", "AP", "APs", "APm", "APl") if k in metrics)
     print(f"\nFinal (best.pt): {summary}\nResults saved to {save_dir}")
     return metrics
+
+
+def _evolve(args: argparse.Namespace) -> dict:
+    """--evolve N: the genetic hyp search of utils/evolve.py; returns the best hyp found."""
+    from utils.evolve import evolve
+
+    if args.resume:
+        raise ConfigError("--evolve and --resume cannot be combined; "
+                          "continue a search with --name <run> --exist-ok")
+    config = TrainConfig.from_args(args)
+    project = Path("runs/evolve") if config.project == "runs/train" else Path(config.project)
+    return evolve(config, args.evolve, increment_path(project / config.name, exist_ok=config.exist_ok))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ class TrainConfig:
     nosave: bool = False  # save only the final checkpoint
     nbs: int = 16  # nominal batch size: gradients accumulate up to it (YOLOv5: 64)
     close_mosaic: int = 0  # mosaic off for the last N epochs (0 = mosaic throughout, as YOLOv5)
+    tensorboard: bool = True  # TensorBoard events in the run folder when the package is installed
+    noplots: bool = False  # no PNG/JPG plots in the run folder (evolve generations)
 
     def __post_init__(self) -> None:
         # A frozen dataclass: normalize through object.__setattr__ (a tuple from a caller becomes a list).

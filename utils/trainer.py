@@ -32,6 +32,7 @@ from utils.optim import (build_optimizer, build_scheduler, build_warmup, freeze_
 from utils.plots import plot_labels, plot_train_batch
 from utils.results_log import ResultsLog
 from utils.results_plot import plot_results
+from utils.tb_logger import TensorBoardLogger
 from utils.time_budget import TimeBudget
 from utils.torch_utils import ModelEMA, init_seeds, select_device
 from utils.train_config import TrainConfig
@@ -143,7 +144,8 @@ class Trainer:
             yaml.safe_dump(self.hyp, f, sort_keys=False)
         with open(self.save_dir / "opt.yaml", "w") as f:
             yaml.safe_dump(c.to_dict(), f, sort_keys=False)
-        plot_labels(self.train_ds.labels, self.names, self.save_dir / "labels.jpg", shapes_wh=self.train_ds.shapes)
+        if not c.noplots:
+            plot_labels(self.train_ds.labels, self.names, self.save_dir / "labels.jpg", shapes_wh=self.train_ds.shapes)
         if not c.noautoanchor:
             wh = label_wh_px(self.train_ds.labels, self.train_ds.shapes, c.imgsz)
             check_anchors(self.model, wh, thr=self.hyp["anchor_t"], imgsz=c.imgsz)
@@ -169,6 +171,7 @@ class Trainer:
         result = evaluate(self.ema.ema, self.val_loader, self.names, coco_gt=self.data.get("val_json"),
                           compute_loss=functools.partial(self.compute_loss, update_feedback=False))
         print_results(result, self.names)
+        self.last_eval = result  # PR curves for TensorBoard
         return result.as_dict()
 
     def _close_mosaic(self) -> None:
@@ -181,7 +184,7 @@ class Trainer:
         self.loader.loader = self.train_loader
 
     def _on_batch(self, ni: int, imgs: torch.Tensor, targets: torch.Tensor, paths) -> None:
-        if ni < 3:
+        if ni < 3 and not self.config.noplots:
             plot_train_batch(imgs, targets, paths, self.save_dir / f"train_batch{ni}.jpg")
 
     def fit(self) -> dict:
@@ -189,6 +192,7 @@ class Trainer:
         c = self.config
         log, stale, metrics = ResultsLog(self.save_dir), 0, {}
         t0 = self._t0 = time.time()
+        tb = TensorBoardLogger.create(self.save_dir, c.tensorboard)
         last_opt_step = -1 if self.start_epoch == 0 else self.start_epoch * len(self.loader) - 1
         budget = f" (re-planned to fit --time {c.time:g} h)" if self.budget else ""
         print(f"Image sizes {c.imgsz} train, {self.val_imgsz} val; {c.workers} workers; logging to {self.save_dir}\n"
@@ -204,6 +208,7 @@ class Trainer:
             lrs = {f"lr/pg{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
             self.scheduler.step()
             final = epoch + 1 == self.epochs or self._budget_spent(epoch, t0)
+            self.last_eval = None
             if not c.noval or final:
                 metrics = self._validate()
             fit = fitness(metrics) if metrics else 0.0
@@ -213,6 +218,8 @@ class Trainer:
                    **{k: metrics.get(k, 0.0) for k in ("val/box_loss", "val/obj_loss", "val/cls_loss")},
                    "fitness": fit, **lrs, "time": time.time() - t0}
             log.append(row)
+            if tb:
+                tb.on_epoch_end(row, epoch, self.last_eval.ap if self.last_eval else None, self.names)
             stale = 0 if improved else stale + 1
             stop = stale >= c.patience
             self._save(epoch, final or stop, improved)
@@ -222,9 +229,13 @@ class Trainer:
                 break
             self._replan(epoch, t0)
             epoch += 1
-        plot_results(log.path)
+        if not c.noplots:
+            plot_results(log.path)
         print(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
-        return self._validate_best()
+        best_metrics = self._validate_best()
+        if tb:
+            tb.on_train_end(epoch)
+        return best_metrics
 
     def _budget_spent(self, epoch: int, t0: float) -> bool:
         """With --time: whether the epoch just trained used up the budget (it then becomes the last)."""
@@ -256,9 +267,10 @@ class Trainer:
         model, _ = load_model(best, self.device)
         print(f"\nValidating {best}...")
         result = evaluate(model, self.val_loader, self.names, coco_gt=self.data.get("val_json"),
-                          callback=BatchPlotter(self.save_dir, self.names))
+                          callback=None if self.config.noplots else BatchPlotter(self.save_dir, self.names))
         print_results(result, self.names)
-        save_plots(result, self.names, self.save_dir)
+        if not self.config.noplots:
+            save_plots(result, self.names, self.save_dir)
         return result.as_dict()
 
     def _save(self, epoch: int, final: bool, improved: bool) -> None:
