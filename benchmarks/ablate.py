@@ -4,10 +4,11 @@
     python -m benchmarks.ablate --variants models/yolov5n.yaml:hyp.scratch.yaml \
         models/yolov5n-p2.yaml:hyp.sod.yaml --data my-data.yaml
 
-Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path). Every run uses the same
-seed, epochs, image size, batch size and data; the table has AP, AP50, APs, APm, APl of best.pt
-on the val split, parameters, GFLOPs at --imgsz and the training time. It is written to
-PROJECT/ablation.md and ablation.csv as well.
+Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path), or ``CFG:HYP:EPOCHS`` to
+give that variant its own epoch count (equal wall-clock comparisons: a cheaper model gets more
+epochs). Every run uses the same seed, image size, batch size and data; the table has AP, AP50,
+APs, APm, APl, ARs and AP_tiny (boxes under 16x16 px) of best.pt on the val split, parameters,
+GFLOPs at --imgsz and the training time. It is written to PROJECT/ablation.md and ablation.csv as well.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ from pathlib import Path
 import train
 from models.summary import count_gflops
 from models.yolo import build_model
+from utils.checkpoint import load_model
+from utils.coco_eval import DEFAULT_AREA_RANGES, parse_area_ranges
 from utils.data.config import load_data_config
+from utils.evaluation import evaluate
 from utils.train_config import TrainConfig
 from utils.trainer import Trainer
 
 DEFAULT_VARIANTS = ["models/yolov5n.yaml:hyp.scratch.yaml", "models/yolov5n-p2.yaml:hyp.scratch.yaml",
                     "models/yolov5n-p2.yaml:hyp.sod.yaml"]
-COLUMNS = ("AP", "AP50", "APs", "APm", "APl", "mAP50")
+COLUMNS = ("AP", "AP50", "APs", "APm", "APl", "ARs", "AP_tiny", "mAP50")
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,17 +50,23 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_variant(variant: str, a: argparse.Namespace, nc: int) -> dict:
-    cfg, hyp = variant.split(":")
-    name = f"{Path(cfg).stem}_{Path(hyp).stem.replace('hyp.', '')}"
-    argv = ["--cfg", cfg, "--hyp", hyp, "--data", a.data, "--epochs", str(a.epochs), "--imgsz", str(a.imgsz),
+    cfg, hyp, *rest = variant.split(":")
+    epochs = int(rest[0]) if rest else a.epochs
+    name = f"{Path(cfg).stem}_{Path(hyp).stem.replace('hyp.', '')}" + (f"_{epochs}ep" if rest else "")
+    argv = ["--cfg", cfg, "--hyp", hyp, "--data", a.data, "--epochs", str(epochs), "--imgsz", str(a.imgsz),
             "--batch-size", str(a.batch_size), "--nbs", str(a.nbs), "--workers", str(a.workers),
             "--device", a.device, "--seed", str(a.seed), "--project", a.project, "--name", name, "--exist-ok"]
     args = train.parse_args(argv)
     t0 = time.time()
-    metrics = Trainer(TrainConfig.from_args(args), Path(a.project) / name).fit()
+    trainer = Trainer(TrainConfig.from_args(args), Path(a.project) / name)
+    trainer.fit()
     minutes = (time.time() - t0) / 60
+    # best.pt again with the tiny size bin (training validates with the COCO bins only)
+    best, _ = load_model(Path(a.project) / name / "weights" / "best.pt", trainer.device)
+    metrics = evaluate(best, trainer.val_loader, trainer.names, coco_gt=trainer.data.get("val_json"),
+                       area_ranges=parse_area_ranges(DEFAULT_AREA_RANGES)).metrics
     model = build_model(cfg, nc=nc)
-    return {"variant": name, **{k: metrics.get(k, 0.0) for k in COLUMNS},
+    return {"variant": name, "epochs": epochs, **{k: metrics.get(k, 0.0) for k in COLUMNS},
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "GFLOPs": count_gflops(model, a.imgsz), "train_min": minutes}
 
@@ -82,8 +92,8 @@ def main() -> int:
     rows = []
     for v in a.variants:
         rows.append(run_variant(v, a, nc))
-        header = (f"Ablation on {a.data}: {a.epochs} epochs, imgsz {a.imgsz}, batch {a.batch_size}, "
-                  f"nbs {a.nbs}, seed {a.seed}; metrics of best.pt on the val split")
+        header = (f"Ablation on {a.data}: epochs per row (default {a.epochs}), imgsz {a.imgsz}, "
+                  f"batch {a.batch_size}, nbs {a.nbs}, seed {a.seed}; metrics of best.pt on the val split")
         print("\n" + write_table(rows, Path(a.project), header))
     return 0
 

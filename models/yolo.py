@@ -19,6 +19,7 @@ from torch import nn
 
 import models.attention  # noqa: F401  (registers the attention blocks)
 import models.common  # noqa: F401  (registers the convolutional blocks)
+import models.sr  # noqa: F401  (registers the feature super-resolution generator)
 from models.head import Detect
 from models.head_decoupled import DecoupledDetect
 from models.registry import ModelConfigError, get_module
@@ -164,11 +165,22 @@ class DetectionModel(nn.Module):
         return self.detect.stride
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_until(x, len(self.model) - 1)
+
+    def forward_until(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """The output of row ``layer`` (0-based) for input ``x``; rows after it are not run.
+
+        Used by the SR branch's 2x teacher, which needs the stride-8 features only.
+        """
+        if not 0 <= layer < len(self.model):
+            raise IndexError(f"layer {layer} outside the model's {len(self.model)} rows")
         outputs = []
         for m in self.model:
             if m.f != -1:
                 x = outputs[m.f] if isinstance(m.f, int) else [x if j == -1 else outputs[j] for j in m.f]
             x = m(x)
+            if m.i == layer:
+                return x
             outputs.append(x if m.i in self.save else None)
         return x
 

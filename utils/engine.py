@@ -152,12 +152,14 @@ def _describe(means: _RunningMeans, epoch: int, epochs: int, inst: int, size: in
 
 
 def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec: RunSpec, epoch: int,
-                    last_opt_step: int, on_batch: Callable | None = None) -> EpochResult:
+                    last_opt_step: int, on_batch: Callable | None = None, aux_loss=None) -> EpochResult:
     """Train for one pass over ``loader`` (a StitchingLoader yielding 5-tuples).
 
     Iteration ``ni = i + len(loader) * epoch`` counts from the start of the run; an optimizer step
     happens once ``ni - last_opt_step`` reaches the (warming-up) accumulation count.
     ``on_batch(ni, imgs, targets, paths)`` is called after each iteration when given.
+    ``aux_loss(imgs, targets, ni)`` (e.g. utils.sr_branch.SRBranch), when given, returns a loss
+    added to the detection loss after the forward pass; its ``epoch_stats()`` join the result.
 
     Returns epoch means 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'fdl/ratio',
     'fdl/gain', 'stitch/fraction', and the iteration of the last optimizer step.
@@ -174,8 +176,11 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec
         imgs = imgs.to(spec.device, non_blocking=True).float() / 255
         if spec.multi_scale:
             imgs = multi_scale(imgs, spec.imgsz, spec.grid, rng)
+        device_targets = targets.to(spec.device)
         with torch.autocast(spec.device.type, enabled=spec.amp):
-            loss, items, extras = compute_loss(model(imgs), targets.to(spec.device))
+            loss, items, extras = compute_loss(model(imgs), device_targets)
+            if aux_loss is not None:
+                loss = loss + aux_loss(imgs, device_targets, ni)
         watch.note(loss, i)
         step = ni - last_opt_step >= accumulate
         if step or not defer:
@@ -193,4 +198,7 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec
     watch.check(epoch)  # losses after the last step were backpropagated but never stepped
     if means.n == 0:
         raise TrainingError("the training loader produced no batches; check the train split")
-    return EpochResult(means.as_dict(float(getattr(loader, "stitched_fraction", 0.0))), last_opt_step)
+    stats = means.as_dict(float(getattr(loader, "stitched_fraction", 0.0)))
+    if aux_loss is not None:
+        stats.update(aux_loss.epoch_stats())
+    return EpochResult(stats, last_opt_step)

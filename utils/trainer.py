@@ -32,6 +32,7 @@ from utils.optim import (build_optimizer, build_scheduler, build_warmup, freeze_
 from utils.plots import plot_labels, plot_train_batch
 from utils.results_log import ResultsLog
 from utils.results_plot import plot_results
+from utils.sr_branch import build_sr_branch
 from utils.tb_logger import TensorBoardLogger
 from utils.time_budget import TimeBudget
 from utils.torch_utils import ModelEMA, init_seeds, select_device
@@ -75,6 +76,10 @@ class Trainer:
         optimizer_name = self._build_optimization(resume_ckpt)
         if not resume_ckpt:
             self._first_run_checks()
+        # SR branch (models with a FeatureSR row): its teacher is the EMA, read at each call
+        self.sr = build_sr_branch(self.model, self.hyp, lambda: self.ema.ema, nc, self.device, config.seed)
+        if self.sr is not None and resume_ckpt:
+            self.sr.load_state_dict(resume_ckpt.get("sr_discriminator"))
         self.spec = self._run_spec(optimizer_name)
         self.model.info(config.imgsz)
 
@@ -160,6 +165,8 @@ class Trainer:
             "train_model": None if final else _float_state(self.model),
             "ema_updates": self.ema.updates, "train_args": self.config.to_dict(),
             "elapsed": self.elapsed_before + time.time() - self._t0, "planned_epochs": self.epochs,
+            # train-time only: the discriminator never enters "model" (nor exports)
+            "sr_discriminator": None if final or self.sr is None else self.sr.state_dict(),
             "date": datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -203,7 +210,7 @@ class Trainer:
                 self._close_mosaic()
             result = train_one_epoch(self.model, self.loader, self.optimizer, self.compute_loss, self.ema,
                                      self.scaler, spec=self.spec, epoch=epoch, last_opt_step=last_opt_step,
-                                     on_batch=self._on_batch if epoch == 0 else None)
+                                     on_batch=self._on_batch if epoch == 0 else None, aux_loss=self.sr)
             last_opt_step = result.last_opt_step
             lrs = {f"lr/pg{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
             self.scheduler.step()
@@ -279,7 +286,8 @@ class Trainer:
         ckpt = self._checkpoint(epoch, final)
         save_checkpoint(ckpt, self.wdir / "last.pt")
         if improved:
-            save_checkpoint({**ckpt, "optimizer": None, "train_model": None}, self.wdir / "best.pt")
+            save_checkpoint({**ckpt, "optimizer": None, "train_model": None, "sr_discriminator": None},
+                            self.wdir / "best.pt")
 
 
 def _float_state(model: torch.nn.Module) -> dict:
