@@ -35,7 +35,7 @@ class TrainConfig:
     data: str = "data/hit-uav-sample.yaml"  # dataset YAML
     hyp: str = "data/hyps/hyp.scratch.yaml"  # hyperparameter YAML
     epochs: int = 60
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: under torchrun each process takes batch_size / WORLD_SIZE
     imgsz: int = 320  # train and val image size (px)
     device: str = ""  # '' (auto), 'cpu' or a CUDA index
     workers: int = 2
@@ -54,6 +54,7 @@ class TrainConfig:
     nosave: bool = False  # save only the final checkpoint
     nbs: int = 16  # nominal batch size: gradients accumulate up to it (YOLOv5: 64)
     close_mosaic: int = 0  # mosaic off for the last N epochs (0 = mosaic throughout, as YOLOv5)
+    sync_bn: bool = False  # SyncBatchNorm across torchrun processes (CUDA only)
 
     def __post_init__(self) -> None:
         # A frozen dataclass: normalize through object.__setattr__ (a tuple from a caller becomes a list).
