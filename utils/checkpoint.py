@@ -4,7 +4,8 @@ A checkpoint is a plain dict of tensors and builtins:
     task ('detect'), model_cfg (model YAML dict), model (state_dict of the EMA weights), names
     (list[str]), nc, hyp (dict), epoch (int, -1 when finished), best_fitness, optimizer
     (state_dict, None when finished), train_model (state_dict of the raw training weights, None
-    when finished), ema_updates, train_args (TrainConfig.to_dict()), date (ISO string).
+    when finished), ema_updates, train_args (TrainConfig.to_dict()), date (ISO string), and
+    partial_epoch (True when a stop request cut epoch ``epoch`` short; absent otherwise).
 Anchors live in the state_dict (buffer ``model.<i>.anchors``), so refitted anchors travel with it.
 """
 
@@ -38,6 +39,11 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def completed_epoch(ckpt: dict) -> int:
+    """The last epoch a resumable checkpoint finished (0-based); -1 when it was cut short in epoch 0."""
+    return ckpt["epoch"] - 1 if ckpt.get("partial_epoch") else ckpt["epoch"]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -1,7 +1,8 @@
 """What the entry scripts share: the one-line error rule and the inference flags.
 
 Every script's ``main()`` runs its work through :func:`run_cli`: a :class:`~utils.errors.SodError`
-(something the user can fix) becomes one line on stderr and exit code 1, Ctrl-C exit code 130,
+(something the user can fix) becomes one line on stderr and exit code 1 (or the error's own
+``exit_code``, e.g. 143 for a run stopped by SIGTERM), Ctrl-C exit code 130,
 and any other exception is a bug that keeps its traceback.
 """
 
@@ -15,12 +16,12 @@ from utils.errors import SodError
 
 
 def run_cli(prog: str, work: Callable[[], object], on_interrupt: str = "interrupted") -> int:
-    """Run ``work()``; returns the exit code (0 done, 1 user error, 130 interrupted)."""
+    """Run ``work()``; returns the exit code (0 done, 1 user error, 130 interrupted, or the error's exit_code)."""
     try:
         work()
     except SodError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        return int(getattr(e, "exit_code", 1))
     except KeyboardInterrupt:
         print(f"\n{prog}: {on_interrupt}", file=sys.stderr)
         return 130

@@ -42,6 +42,18 @@ class TrainingError(SodError, RuntimeError):
     """A run that has to stop: a non-finite loss, a loader with no batches."""
 
 
+class RunFolderError(SodError, OSError):
+    """A run folder that cannot be created or written, or a disk too full for checkpoints."""
+
+
+class RunInterrupted(SodError):
+    """A run stopped on request (SIGTERM, SIGINT) after writing last.pt; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class MissingFileError(SodError, FileNotFoundError):
     """A file or folder named by the user that does not exist."""
 

@@ -67,7 +67,7 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.decay(self.updates)
-        msd = model.state_dict()
+        msd = getattr(model, "module", model).state_dict()  # DDP wraps the model: same keys without "module."
         for k, v in self.ema.state_dict().items():
             if v.dtype.is_floating_point:
                 v.mul_(d).add_(msd[k].detach(), alpha=1 - d)

@@ -35,7 +35,7 @@ class TrainConfig:
     data: str = "data/hit-uav-sample.yaml"  # dataset YAML
     hyp: str = "data/hyps/hyp.scratch.yaml"  # hyperparameter YAML
     epochs: int = 60
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch: under torchrun each process takes batch_size / WORLD_SIZE
     imgsz: int = 320  # train image size (px), and val size unless val_imgsz is set
     val_imgsz: int = 0  # validation image size (px); 0 = imgsz
     time: float = 0.0  # wall-clock budget in hours; > 0 plans the epochs to fit it (epochs is the first guess)
@@ -58,6 +58,7 @@ class TrainConfig:
     close_mosaic: int = 0  # mosaic off for the last N epochs (0 = mosaic throughout, as YOLOv5)
     tensorboard: bool = True  # TensorBoard events in the run folder when the package is installed
     noplots: bool = False  # no PNG/JPG plots in the run folder (evolve generations)
+    sync_bn: bool = False  # SyncBatchNorm across torchrun processes (CUDA only)
 
     def __post_init__(self) -> None:
         # A frozen dataclass: normalize through object.__setattr__ (a tuple from a caller becomes a list).

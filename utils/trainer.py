@@ -3,6 +3,10 @@
 The work of an epoch is in utils/engine.py (train_one_epoch) and the evaluation engine
 (utils/evaluation.py); this object only builds them from the run's TrainConfig and keeps the run
 folder up to date.
+
+Under torchrun (utils/distributed.py) every process builds the same Trainer on its share of the
+data; the model is wrapped in DistributedDataParallel, and rank 0 alone writes the run folder,
+validates and saves checkpoints while the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,12 +23,13 @@ import torch
 import yaml
 
 from utils.autoanchor import check_anchors, label_wh_px
-from utils.checkpoint import build_model_checked, build_train_model, save_checkpoint
+from utils.checkpoint import build_model_checked, build_train_model, completed_epoch, save_checkpoint
 from utils.data.config import load_data_config
 from utils.data.loader import build_dataloader, make_loader
 from utils.data.stitcher import StitchingLoader
+from utils.distributed import DistInfo, barrier, broadcast_object, main_first, per_process_batch
 from utils.engine import RunSpec, train_one_epoch
-from utils.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError, RunInterrupted
 from utils.hyp import load_hyp
 from utils.loss import build_loss
 from utils.metrics import fitness
@@ -33,6 +39,7 @@ from utils.plots import plot_labels, plot_train_batch
 from utils.results_log import ResultsLog
 from utils.results_plot import plot_results
 from utils.sr_branch import build_sr_branch
+from utils.step_guard import StepGuard
 from utils.tb_logger import TensorBoardLogger
 from utils.time_budget import TimeBudget
 from utils.torch_utils import ModelEMA, init_seeds, select_device
@@ -46,16 +53,26 @@ class Trainer:
 
     With ``resume_ckpt`` (a last.pt of an interrupted run, already loaded) the model, optimizer,
     EMA, lr schedule and results.csv continue where that run stopped.
+
+    ``dist`` places this process in a torchrun job (a single process by default; the process
+    group must already exist, utils.distributed.setup) and ``device`` overrides ``config.device``
+    (each torchrun process has its own GPU). ``stop`` (a GracefulStop) ends the run after the
+    current iteration with last.pt written and a RunInterrupted error.
     """
 
-    def __init__(self, config: TrainConfig, save_dir: Path, resume_ckpt: dict | None = None):
+    def __init__(self, config: TrainConfig, save_dir: Path, resume_ckpt: dict | None = None,
+                 dist: DistInfo | None = None, stop=None, device: str | None = None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"Trainer takes a TrainConfig, got {type(config).__name__}")
         self.config, self.save_dir = config, Path(save_dir)
+        self.dist, self.stop = dist or DistInfo(), stop
+        self.main = self.dist.is_main
+        self.batch_size = per_process_batch(config.batch_size, self.dist.world_size)  # per process
         self.wdir = self.save_dir / "weights"
-        self.wdir.mkdir(parents=True, exist_ok=True)
-        init_seeds(config.seed)
-        self.device = select_device(config.device)
+        if self.main:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+        init_seeds(config.seed + self.dist.rank)  # DDP copies rank 0's initial weights to the others
+        self.device = select_device(config.device if device is None else device)  # torchrun: cuda:LOCAL_RANK
         self.data = load_data_config(config.data)
         self.hyp = resume_ckpt["hyp"] if resume_ckpt else load_hyp(config.hyp)
         self.names, nc = self.data["names"], self.data["nc"]
@@ -74,25 +91,51 @@ class Trainer:
                 raise ConfigError(f"{flag} {size} must be a multiple of the largest stride {self.grid}")
         self._build_data()
         optimizer_name = self._build_optimization(resume_ckpt)
-        if not resume_ckpt:
+        if not resume_ckpt and self.main:
             self._first_run_checks()
+        self.train_model = self._wrap_ddp(fresh=not resume_ckpt)
         # SR branch (models with a FeatureSR row): its teacher is the EMA, read at each call
         self.sr = build_sr_branch(self.model, self.hyp, lambda: self.ema.ema, nc, self.device, config.seed)
         if self.sr is not None and resume_ckpt:
             self.sr.load_state_dict(resume_ckpt.get("sr_discriminator"))
         self.spec = self._run_spec(optimizer_name)
-        self.model.info(config.imgsz)
+        if self.main:
+            self.model.info(config.imgsz)
+
+    def _wrap_ddp(self, fresh: bool) -> torch.nn.Module:
+        """The model the training loop runs: DistributedDataParallel under torchrun, else the model.
+
+        DDP copies rank 0's weights and buffers (anchors refitted by AutoAnchor included) to every
+        process when it wraps the model; the EMA of a new run is rebuilt from them.
+        """
+        if self.config.sync_bn and not self.dist.enabled:
+            print("--sync-bn has no effect in a single process (it synchronises BatchNorm across torchrun processes)")
+        if not self.dist.enabled:
+            return self.model
+        if self.config.sync_bn:
+            if self.device.type != "cuda":
+                raise ConfigError("--sync-bn needs CUDA devices: PyTorch's SyncBatchNorm has no CPU implementation")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # same parameters
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, output_device=ids and ids[0])
+        if fresh:
+            self.ema = ModelEMA(self.model)
+        return ddp
 
     def _build_data(self) -> None:
         c, hyp = self.config, self.hyp
         if not self.data.get("train") or not self.data.get("val"):
             raise DatasetError(f"{c.data}: the dataset YAML needs non-empty 'train' and 'val' splits")
-        self.train_loader, self.train_ds = build_dataloader(
-            self.data["train"], c.imgsz, c.batch_size, self.grid, hyp, augment=True, workers=c.workers,
-            shuffle=True, cache=c.cache, seed=c.seed, prefix="train: ", nc=self.data["nc"])
-        self.val_loader, _ = build_dataloader(
-            self.data["val"], self.val_imgsz, c.batch_size * 2, self.grid, hyp, augment=False, rect=True,
-            workers=c.workers, cache=c.cache, seed=c.seed, prefix="val: ", nc=self.data["nc"])
+        with main_first(self.dist):  # rank 0 scans the labels and writes the cache; the others read it
+            self.train_loader, self.train_ds = build_dataloader(
+                self.data["train"], c.imgsz, self.batch_size, self.grid, hyp, augment=True, workers=c.workers,
+                shuffle=True, cache=c.cache, seed=c.seed, prefix="train: ", nc=self.data["nc"],
+                rank=self.dist.rank, world_size=self.dist.world_size)
+        self.val_loader = None  # rank 0 alone validates
+        if self.main:
+            self.val_loader, _ = build_dataloader(
+                self.data["val"], self.val_imgsz, self.batch_size * 2, self.grid, hyp, augment=False, rect=True,
+                workers=c.workers, cache=c.cache, seed=c.seed, prefix="val: ", nc=self.data["nc"])
         self.loader = StitchingLoader(self.train_loader, hyp["stitch_tau"])
 
     def _build_optimization(self, ckpt: dict | None) -> str:
@@ -127,12 +170,14 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.ema.ema.load_state_dict(ckpt["model"])
         self.ema.updates = ckpt["ema_updates"]
-        self.start_epoch, self.best_fitness = ckpt["epoch"] + 1, ckpt["best_fitness"]
+        done = completed_epoch(ckpt)
+        self.start_epoch, self.best_fitness = done + 1, ckpt["best_fitness"]
         self.elapsed_before = float(ckpt.get("elapsed", 0.0))
         if self.budget:  # the rest of the budget, for the epochs the interrupted run still planned
             planned = int(ckpt.get("planned_epochs", self.budget.epochs))
             self.budget = TimeBudget(self.budget.seconds - self.elapsed_before, max(planned - self.start_epoch, 1))
-        ResultsLog(self.save_dir).truncate(ckpt["epoch"])
+        if self.main:
+            ResultsLog(self.save_dir).truncate(done)
 
     def _run_spec(self, optimizer_name: str) -> RunSpec:
         """The fixed settings of the training loop (warmup length from the loader's batches per epoch)."""
@@ -140,7 +185,8 @@ class Trainer:
         nw = warmup_iterations(self.hyp["warmup_epochs"], len(self.loader), self.epochs)
         warmup = build_warmup(optimizer_name, self.hyp, nw, c.nbs, c.batch_size)
         return RunSpec(device=self.device, epochs=self.epochs, imgsz=c.imgsz, grid=self.grid, warmup=warmup,
-                       lf=self.lf, multi_scale=c.multi_scale, amp=self.amp, seed=c.seed)
+                       lf=self.lf, multi_scale=c.multi_scale, amp=self.amp, seed=c.seed,
+                       world_size=self.dist.world_size, main=self.main)
 
     def _first_run_checks(self) -> None:
         """Run-folder files and AutoAnchor, once per run (not again on resume)."""
@@ -184,10 +230,12 @@ class Trainer:
     def _close_mosaic(self) -> None:
         """Train the last epochs on whole letterboxed frames: the distribution val sees."""
         c = self.config
-        print(f"Closing mosaic for the last {min(c.close_mosaic, self.epochs)} epochs")
+        if self.main:
+            print(f"Closing mosaic for the last {min(c.close_mosaic, self.epochs)} epochs")
         self.train_ds.mosaic = False
         # persistent workers hold their own copy of the dataset: start new ones; the Stitcher keeps its feedback
-        self.train_loader = make_loader(self.train_ds, c.batch_size, c.workers, shuffle=True, seed=c.seed + 1)
+        self.train_loader = make_loader(self.train_ds, self.batch_size, c.workers, shuffle=True, seed=c.seed + 1,
+                                        rank=self.dist.rank, world_size=self.dist.world_size)
         self.loader.loader = self.train_loader
 
     def _on_batch(self, ni: int, imgs: torch.Tensor, targets: torch.Tensor, paths) -> None:
@@ -195,56 +243,81 @@ class Trainer:
             plot_train_batch(imgs, targets, paths, self.save_dir / f"train_batch{ni}.jpg")
 
     def fit(self) -> dict:
-        """Train from start_epoch to epochs; returns the final validation metrics of best.pt."""
+        """Train from start_epoch to epochs; returns the final validation metrics of best.pt ({} off rank 0).
+
+        With --time the planned epochs (``self.epochs``) are revised after every epoch. Raises
+        RunInterrupted after writing last.pt when ``stop`` was requested (SIGTERM, SIGINT).
+        """
         c = self.config
-        log, stale, metrics = ResultsLog(self.save_dir), 0, {}
+        stale, epoch, guard = 0, self.start_epoch, StepGuard(self.device)
         t0 = self._t0 = time.time()
-        tb = TensorBoardLogger.create(self.save_dir, c.tensorboard)
+        tb = TensorBoardLogger.create(self.save_dir, c.tensorboard) if self.main else None
         last_opt_step = -1 if self.start_epoch == 0 else self.start_epoch * len(self.loader) - 1
-        budget = f" (re-planned to fit --time {c.time:g} h)" if self.budget else ""
-        print(f"Image sizes {c.imgsz} train, {self.val_imgsz} val; {c.workers} workers; logging to {self.save_dir}\n"
-              f"Starting training for {self.epochs} epochs{budget}...")
-        epoch = self.start_epoch
+        if self.main:
+            procs = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
+            budget = f" (re-planned to fit --time {c.time:g} h)" if self.budget else ""
+            print(f"Image sizes {c.imgsz} train, {self.val_imgsz} val; {c.workers} workers{procs}; batch "
+                  f"{c.batch_size} ({self.batch_size} per process); logging to {self.save_dir}\n"
+                  f"Starting training for {self.epochs} epochs{budget}...")
         while epoch < self.epochs:
             if c.close_mosaic and epoch >= self.epochs - c.close_mosaic and self.train_ds.mosaic:
                 self._close_mosaic()
-            result = train_one_epoch(self.model, self.loader, self.optimizer, self.compute_loss, self.ema,
+            sampler = getattr(self.train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch
+                sampler.set_epoch(epoch)
+            result = train_one_epoch(self.train_model, self.loader, self.optimizer, self.compute_loss, self.ema,
                                      self.scaler, spec=self.spec, epoch=epoch, last_opt_step=last_opt_step,
-                                     on_batch=self._on_batch if epoch == 0 else None, aux_loss=self.sr)
+                                     on_batch=self._on_batch if epoch == 0 and self.main else None,
+                                     aux_loss=self.sr, stop=self.stop, guard=guard)
             last_opt_step = result.last_opt_step
+            if result.stopped:
+                self._save_interrupted(epoch)
             lrs = {f"lr/pg{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
             self.scheduler.step()
-            final = epoch + 1 == self.epochs or self._budget_spent(epoch, t0)
-            self.last_eval = None
-            if not c.noval or final:
-                metrics = self._validate()
-            fit = fitness(metrics) if metrics else 0.0
-            improved = fit >= self.best_fitness
-            self.best_fitness = max(fit, self.best_fitness)
-            row = {"epoch": epoch, **result.stats, **{f"metrics/{k}": metrics.get(k, 0.0) for k in METRIC_KEYS},
-                   **{k: metrics.get(k, 0.0) for k in ("val/box_loss", "val/obj_loss", "val/cls_loss")},
-                   "fitness": fit, **lrs, "time": time.time() - t0}
-            log.append(row)
-            if tb:
-                tb.on_epoch_end(row, epoch, self.last_eval.ap if self.last_eval else None, self.names)
-            stale = 0 if improved else stale + 1
-            stop = stale >= c.patience
-            self._save(epoch, final or stop, improved)
-            if stop:
+            # rank 0's clock decides, so every process ends after the same epoch
+            final = broadcast_object(epoch + 1 == self.epochs or self._budget_spent(t0), self.dist)
+            stale = self._end_epoch(epoch, result.stats, lrs, t0, stale, final, tb) if self.main else 0
+            stop = broadcast_object(stale >= c.patience, self.dist)  # rank 0 validated: its verdict counts
+            if stop and self.main:
                 print(f"Stopping early: no improvement in the last {c.patience} epochs.")
             if stop or final:
                 break
             self._replan(epoch, t0)
             epoch += 1
+        if not self.main:
+            barrier()  # wait while rank 0 validates best.pt
+            return {}
         if not c.noplots:
-            plot_results(log.path)
+            plot_results(ResultsLog(self.save_dir).path)
         print(f"{epoch + 1 - self.start_epoch} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
-        best_metrics = self._validate_best()
+        metrics = self._validate_best()
         if tb:
             tb.on_train_end(epoch)
-        return best_metrics
+        barrier()
+        return metrics
 
-    def _budget_spent(self, epoch: int, t0: float) -> bool:
+    def _end_epoch(self, epoch: int, stats: dict, lrs: dict, t0: float, stale: int, final: bool, tb) -> int:
+        """Rank 0: validate, log the results.csv row (and TensorBoard), save checkpoints.
+
+        ``stale`` counts the epochs without improvement before this one; returns the new count.
+        """
+        c = self.config
+        self.last_eval = None
+        metrics = self._validate() if not c.noval or final else {}
+        fit = fitness(metrics) if metrics else 0.0
+        improved = fit >= self.best_fitness
+        self.best_fitness = max(fit, self.best_fitness)
+        row = {"epoch": epoch, **stats, **{f"metrics/{k}": metrics.get(k, 0.0) for k in METRIC_KEYS},
+               **{k: metrics.get(k, 0.0) for k in ("val/box_loss", "val/obj_loss", "val/cls_loss")},
+               "fitness": fit, **lrs, "time": time.time() - t0}
+        ResultsLog(self.save_dir).append(row)
+        if tb:
+            tb.on_epoch_end(row, epoch, self.last_eval.ap if self.last_eval else None, self.names)
+        stale = 0 if improved else stale + 1
+        self._save(epoch, final or stale >= c.patience, improved)
+        return stale
+
+    def _budget_spent(self, t0: float) -> bool:
         """With --time: whether the epoch just trained used up the budget (it then becomes the last)."""
         return bool(self.budget) and self.budget.spent(time.time() - t0)
 
@@ -253,14 +326,35 @@ class Trainer:
         if not self.budget:
             return
         before = self.epochs
-        # the budget and its epochs count from this process's start (a resumed run got what was left)
+        # the budget and its epochs count from this process's start (a resumed run got what was left);
+        # rank 0's plan is everyone's
         done, elapsed = epoch + 1 - self.start_epoch, time.time() - t0
-        self.epochs = self.start_epoch + self.budget.replan(done, elapsed)
+        self.epochs = broadcast_object(self.start_epoch + self.budget.replan(done, elapsed), self.dist)
+        self.budget.epochs = self.epochs - self.start_epoch
         if self.epochs != before:
             self.lf = lr_lambda(self.epochs, self.hyp["lrf"], self.config.cos_lr)
             self.scheduler = build_scheduler(self.optimizer, self.lf, epoch + 1)
             self.spec = dataclasses.replace(self.spec, epochs=self.epochs, lf=self.lf)
-            print(f"--time {self.config.time:g} h: {elapsed / done:.0f} s per epoch, planning {self.epochs} epochs")
+            if self.main:
+                print(f"--time {self.config.time:g} h: {elapsed / done:.0f} s per epoch, planning {self.epochs} epochs")
+
+    def _save_interrupted(self, epoch: int) -> None:
+        """Write last.pt of the epoch that a stop request cut short, then end the run with RunInterrupted.
+
+        The checkpoint holds the weights reached so far and says the epoch is partial, so --resume
+        starts that epoch again from them.
+        """
+        if self.main:
+            save_checkpoint({**self._checkpoint(epoch, final=False), "partial_epoch": True}, self.wdir / "last.pt")
+        barrier()  # the others leave only once last.pt is on disk
+        # under torchrun a process may stop because another one was signalled
+        signame = getattr(self.stop, "requested", None) or "a stop request of another process"
+        code = 128 + signal.Signals[signame].value if signame in signal.Signals.__members__ else 1
+        if not self.main:  # rank 0 reports the run; one short line per other process
+            raise RunInterrupted(f"rank {self.dist.rank}: stopped by {signame} with the job", exit_code=code)
+        again = "`torchrun ... train.py --resume`" if self.dist.enabled else "`python train.py --resume`"
+        raise RunInterrupted(f"stopped by {signame} during epoch {epoch + 1}/{self.epochs}; "
+                             f"{self.wdir / 'last.pt'} saved; {again} continues the run", exit_code=code)
 
     def _validate_best(self) -> dict:
         """Validate best.pt with plots (confusion matrix, PR curves, AP by size) in the run folder."""
