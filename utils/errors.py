@@ -42,6 +42,10 @@ class TrainingError(SodError, RuntimeError):
     """A run that has to stop: a non-finite loss, a loader with no batches."""
 
 
+class ExportError(SodError, RuntimeError):
+    """An exported model (ONNX, TorchScript) whose outputs differ from the PyTorch model's."""
+
+
 class MissingFileError(SodError, FileNotFoundError):
     """A file or folder named by the user that does not exist."""
 
