@@ -6,6 +6,8 @@ Usage:
     python detect.py --source 0                        # webcam; or rtsp://..., http://...
     python detect.py --source big_aerial.jpg --slice 640 --overlap 0.2   # sliced inference
 
+--weights takes a checkpoint of this project, an official YOLOv5 .pt, or an .onnx / .torchscript
+file written by export.py (same flags and outputs).
 Without --weights the best.pt of the newest run under runs/train is used; without --source, the
 validation images of the bundled sample (data/hit-uav-sample). Results go to
 runs/detect/exp, exp2, ... (--project/--name). Bad input ends with one line on stderr and exit 1.
@@ -26,7 +28,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from utils.checkpoint import load_model
+from utils.backends import load_inference_model
 from utils.cli import add_inference_flags, run_cli
 from utils.errors import ConfigError
 from utils.run_dir import increment_path
@@ -44,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (YOLOv5 detect.py names and defaults, plus the --slice group)."""
     p = argparse.ArgumentParser(description="Detect objects in images, videos and streams.")
     p.add_argument("--weights", type=str, default=None,
-                   help="checkpoint .pt (default: best.pt of the newest run under runs/train)")
+                   help="checkpoint .pt (ours or official YOLOv5), .onnx or .torchscript from export.py "
+                        "(default: best.pt of the newest run under runs/train)")
     p.add_argument("--source", type=str, default=str(SAMPLE_SOURCE),
                    help="image, folder, glob, video, .txt list, webcam index or rtsp/http URL "
                         "(default: the bundled sample's validation images)")
@@ -143,7 +146,7 @@ def build_predictor(args: argparse.Namespace) -> tuple[Predictor, list[str]]:
     if not args.weights:
         print(f"Using weights {weights} (best.pt of the newest run under {TRAIN_RUNS})")
     device = select_device(args.device)
-    model, ckpt = load_model(weights, device)
+    model, ckpt = load_inference_model(weights, device)  # a checkpoint, .onnx or TorchScript file
     # Fused convs in channels-last layout run ~20% faster on CPU (oneDNN) and feed tensor cores on GPU.
     model.fuse().to(memory_format=torch.channels_last)
     names = list(ckpt["names"])
@@ -155,6 +158,10 @@ def build_predictor(args: argparse.Namespace) -> tuple[Predictor, list[str]]:
     if half:
         model.half()
     imgsz = check_imgsz(args.imgsz, int(model.stride.max()))
+    fixed = getattr(model, "fixed_hw", None)  # a fixed-size export takes frames up to its input size
+    if fixed and (imgsz[0] > fixed[0] or imgsz[1] > fixed[1]):
+        LOGGER.warning(f"--imgsz {imgsz[0]} {imgsz[1]} -> {fixed[0]} {fixed[1]}: the exported model's input size")
+        imgsz = tuple(fixed)
     # On CPU one tile at a time measured 25-40% faster than batches of 8 (cache-bound convolutions;
     # benchmarks/sliced_inference.md); on GPU batches keep the device busy.
     slice_batch = args.slice_batch or (8 if device.type == "cuda" else 1)

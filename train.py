@@ -30,7 +30,8 @@ from utils.train_config import TrainConfig
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="", help="initial weights (a checkpoint of this project); '' = from scratch")
+    p.add_argument("--weights", default="",
+                   help="initial weights (a checkpoint of this project or an official YOLOv5 .pt); '' = from scratch")
     p.add_argument("--cfg", default="models/yolov5n-p2-af.yaml", help="model YAML, e.g. models/yolov5s-p2.yaml")
     p.add_argument("--data", default="data/hit-uav-sample.yaml", help="dataset YAML")
     p.add_argument("--hyp", default="data/hyps/hyp.scratch.yaml", help="hyperparameter YAML")

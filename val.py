@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (YOLOv5 names where YOLOv5 has them)."""
     p = argparse.ArgumentParser(description="Validate a detector: YOLOv5 metrics and COCO AP by object size.")
     p.add_argument("--data", type=str, help="dataset YAML")
-    p.add_argument("--weights", type=str, help="checkpoint (.pt) to evaluate")
+    p.add_argument("--weights", type=str, help="checkpoint (.pt, ours or official YOLOv5), .onnx or .torchscript")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     add_inference_flags(p, conf_thres=0.001, iou_thres=0.6, max_det=None,
@@ -71,7 +71,7 @@ def run_files(gt_json: str, pred_json: str, area_ranges: dict, max_dets: int = C
 
 def _load(args: argparse.Namespace):
     """Model, device, dataset YAML and the image files of the ``--task`` split; checks their fit."""
-    from utils.checkpoint import load_model
+    from utils.backends import load_inference_model
     from utils.data.config import load_data_config
     from utils.torch_utils import select_device
 
@@ -84,10 +84,20 @@ def _load(args: argparse.Namespace):
     files = data.get(args.task)
     if not files:
         raise DatasetError(f"dataset YAML {args.data} has no '{args.task}' split")
-    model, ckpt = load_model(args.weights, device)
+    model, ckpt = load_inference_model(args.weights, device)  # a checkpoint, .onnx or TorchScript file
     if model.nc != data["nc"]:
         raise ConfigError(f"{args.weights} predicts {model.nc} classes but {args.data} has {data['nc']}")
     return model, ckpt, device, data, files
+
+
+def _input_size(imgsz: int, fixed_hw: tuple[int, int] | None) -> tuple[int, bool]:
+    """(letterbox size, rectangular batches). A fixed-size export gets square frames that fit its input."""
+    if fixed_hw is None:
+        return imgsz, True
+    size = min(imgsz, *fixed_hw)
+    if size != imgsz:
+        print(f"--imgsz {imgsz} -> {size}: the exported model takes {fixed_hw[0]}x{fixed_hw[1]} inputs")
+    return size, False
 
 
 def _slicer(args: argparse.Namespace, model, half: bool, on_gpu: bool):
@@ -126,8 +136,9 @@ def run(args: argparse.Namespace, area_ranges: dict) -> dict:
         print("--half needs CUDA; running in FP32")
     model.fuse()
     save_dir = increment_path(Path(args.project) / args.name, exist_ok=args.exist_ok)
-    loader, _ = build_dataloader(files, args.imgsz, args.batch_size, int(model.stride.max()), ckpt.get("hyp") or {},
-                                 augment=False, rect=True, workers=args.workers, shuffle=False, prefix=f"{args.task}: ",
+    imgsz, rect = _input_size(args.imgsz, getattr(model, "fixed_hw", None))
+    loader, _ = build_dataloader(files, imgsz, args.batch_size, int(model.stride.max()), ckpt.get("hyp") or {},
+                                 augment=False, rect=rect, workers=args.workers, shuffle=False, prefix=f"{args.task}: ",
                                  nc=data["nc"])
     names = data["names"]
     result = evaluate(model, loader, names, conf_thres=args.conf_thres, iou_thres=args.iou_thres,

@@ -7,6 +7,10 @@ A checkpoint is a plain dict of tensors and builtins:
     when finished), ema_updates, train_args (TrainConfig.to_dict()), date (ISO string), and
     partial_epoch (True when a stop request cut epoch ``epoch`` short; absent otherwise).
 Anchors live in the state_dict (buffer ``model.<i>.anchors``), so refitted anchors travel with it.
+
+Official YOLOv5 checkpoints (pickled whole models) are recognised by their pickle and converted
+on load by utils/yolov5_import.py (restricted unpickler, nothing from the file runs); everything
+below then sees a dict of the form above.
 """
 
 from __future__ import annotations
@@ -47,10 +51,17 @@ def completed_epoch(ckpt: dict) -> int:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; raise CheckpointError with a clear message."""
+    """Load a checkpoint with ``weights_only=True`` (or convert an official YOLOv5 file); raise
+    CheckpointError with a clear message. ``map_location`` applies to this project's files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights not found: {path}")
+    from utils.yolov5_pickle import is_yolov5_pickle
+
+    if is_yolov5_pickle(path):
+        from utils.yolov5_import import convert_yolov5_checkpoint
+
+        return convert_yolov5_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
@@ -102,5 +113,27 @@ def build_train_model(cfg: str, weights: str, nc: int):
     src = ckpt.get("train_model") or ckpt["model"]
     matched = {k: v for k, v in src.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(matched, strict=False)
-    print(f"transferred {len(matched)}/{len(own)} tensors from {weights}")
+    print(transfer_report(own, matched, src, weights, ckpt.get("source")))
     return model
+
+
+def transfer_report(own: dict, matched: dict, src: dict, weights, source: str | None = None) -> str:
+    """Lines saying how many tensors were taken and which layers of the new graph kept their init.
+
+    New tensors are grouped by layer (``model.18 (5)`` = five tensors of row 18); the tensors of
+    the file that found no slot of the same name and shape are counted.
+    """
+    what = " (official YOLOv5 checkpoint)" if source == "yolov5" else ""
+    lines = [f"transferred {len(matched)}/{len(own)} tensors from {weights}{what}"]
+    new = [k for k in own if k not in matched]
+    if new:
+        groups: dict[str, int] = {}
+        for k in new:
+            layer = ".".join(k.split(".")[:2])  # model.<i>
+            groups[layer] = groups.get(layer, 0) + 1
+        lines.append(f"new ({len(new)} tensors, initialised fresh): "
+                     + ", ".join(f"{layer} ({n})" for layer, n in groups.items()))
+    unused = len(src) - len(matched)
+    if unused:
+        lines.append(f"not used: {unused} tensors of the file (no layer of the same name and shape)")
+    return "\n".join(lines)

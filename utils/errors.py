@@ -54,6 +54,10 @@ class RunInterrupted(SodError):
         self.exit_code = exit_code
 
 
+class ExportError(SodError, RuntimeError):
+    """An exported model (ONNX, TorchScript) whose outputs differ from the PyTorch model's."""
+
+
 class MissingFileError(SodError, FileNotFoundError):
     """A file or folder named by the user that does not exist."""
 

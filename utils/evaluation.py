@@ -25,6 +25,7 @@ from utils.coco_eval import COCO_MAX_DETS, CocoEvaluator, load_coco_gt, yolo_lab
 from utils.errors import CocoFormatError, MissingFileError
 from utils.metrics import APResult, ConfusionMatrix, DetectionStats
 from utils.nms import non_max_suppression
+from utils.torch_utils import model_device
 from utils.tta import tta_predict
 from utils.annotate import class_name
 
@@ -198,7 +199,7 @@ def _run_pass(model: nn.Module, dataloader, acc: _Accumulator, nms_kw: dict, com
               augment: bool, half: bool, slicer: Callable | None,
               callback: EvalCallback | None) -> list[float] | None:
     """Iterate the dataloader once, recording every image; returns the mean loss items or None."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     loss, nb = torch.zeros(3, device=device), 0
     desc = ("%22s" + "%11s" * 6) % ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
     for bi, (imgs, targets, paths, shapes) in enumerate(tqdm(dataloader, desc=desc,
@@ -264,7 +265,7 @@ def evaluate(model: nn.Module, dataloader, names: list[str], *, conf_thres: floa
         coco_max_dets: detections per image the COCO figures count (maxDets; 100 = COCO's). Keep
             ``max_det`` at least as large, or NMS caps what COCO could count.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     half = half and device.type == "cuda"
     coco, image_ids = _coco_evaluator(dataloader.dataset, names, coco_gt, area_ranges, coco_max_dets)
     acc = _Accumulator(len(names), coco, image_ids)

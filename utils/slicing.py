@@ -20,7 +20,7 @@ from torchvision.ops import batched_nms
 from utils.data.augment import letterbox
 from utils.boxes import clip_boxes, scale_boxes
 from utils.nms import non_max_suppression
-from utils.torch_utils import time_sync
+from utils.torch_utils import model_device, time_sync
 from utils.tta import tta_predict
 from utils.errors import ConfigError
 
@@ -60,9 +60,8 @@ def to_tensor(imgs: list[np.ndarray], device: torch.device, half: bool = False) 
 
 
 def _model_device_stride(model: nn.Module) -> tuple[torch.device, int]:
-    p = next(model.parameters(), None)
     stride = int(model.stride.max()) if hasattr(model, "stride") else 32
-    return (p.device if p is not None else torch.device("cpu")), stride
+    return model_device(model), stride
 
 
 def _model_predict(model: nn.Module, x: torch.Tensor, augment: bool,

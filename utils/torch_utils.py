@@ -32,6 +32,15 @@ def select_device(device: str = "") -> torch.device:
     return torch.device(f"cuda:{first}")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model runs: its ``device`` attribute (exported models), else its first parameter's."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch RNGs (and optionally request deterministic kernels)."""
     random.seed(seed)
