@@ -175,13 +175,16 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec
         if spec.multi_scale:
             imgs = multi_scale(imgs, spec.imgsz, spec.grid, rng)
         with torch.autocast(spec.device.type, enabled=spec.amp):
-            loss, items, extras = compute_loss(model(imgs), targets.to(spec.device))
+            # CPU targets: the loss moves them itself after reading their sizes on the host
+            loss, items, extras = compute_loss(model(imgs), targets)
         watch.note(loss, i)
         step = ni - last_opt_step >= accumulate
-        if step or not defer:
-            watch.check(epoch)  # before the step (on CPU before the backward): no bad update
+        if not defer:
+            watch.check(epoch)  # CPU: before the backward pass, at no cost
         scaler.scale(loss).backward()
         if step:
+            if defer:
+                watch.check(epoch)  # GPU: after the backward is queued, so one stall serves both
             _optimizer_step(model, optimizer, scaler, ema)
             last_opt_step = ni
         loader.feedback = extras["fdl_ratio"]  # a device tensor; the Stitcher reads it only if enabled
