@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.data.copy_paste import copy_paste_small
+from utils.data.copy_paste import candidate_spots, copy_paste_small, place_greedy
 
 
 def scene(seed: int = 0):
@@ -112,3 +112,57 @@ def test_copies_of_objects_just_under_the_limit_stay_under_it():
                                        rng=np.random.default_rng(seed))
         area = (nb[1:, 2] - nb[1:, 0]) * (nb[1:, 3] - nb[1:, 1])
         assert len(area) and (area < 1024).all()
+
+
+def crowded_scene(seed: int):
+    """96x96 noise image with 40 small boxes (4-12 px): most candidate spots are taken."""
+    rng = np.random.default_rng(100 + seed)
+    img = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    xy = rng.uniform(0, 84, (40, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 12, (40, 2))], 1).astype(np.float32)
+    return img, boxes, np.arange(40) % 3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crowded_image_keeps_every_rule(seed: int):
+    img, boxes, cls = crowded_scene(seed)
+    _, nb, _, _ = copy_paste_small(img, boxes, cls, p=1.0, max_area=500, times=3, border=3,
+                                        rng=np.random.default_rng(seed))
+    new = nb[len(boxes):]
+    assert 0 < len(new) < 40 * 3  # some copies found a spot, some were dropped
+    assert not pairwise_intersect(new, boxes).any()
+    assert not (pairwise_intersect(new, new) & ~np.eye(len(new), dtype=bool)).any()
+    assert (new[:, :2] >= 3).all() and (new[:, 2:] <= 96 - 3).all()
+    assert ((new[:, 2] - new[:, 0]) * (new[:, 3] - new[:, 1]) < 500).all()
+
+
+def test_same_seed_same_result_other_seed_other_result():
+    img, boxes, cls = crowded_scene(0)
+    runs = [copy_paste_small(img, boxes, cls, p=1.0, max_area=500, times=2, rng=np.random.default_rng(s))
+            for s in (7, 7, 8)]
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+    assert np.array_equal(runs[0][2], runs[1][2])
+    assert not np.array_equal(runs[0][1], runs[2][1])
+
+
+def test_candidate_spots_stay_inside_and_flag_patches_that_cannot_fit():
+    sizes = np.array([[10, 6], [1, 1], [91, 5], [20, 20]])
+    rects, fits = candidate_spots(sizes, (100, 50), border=5, tries=200, rng=np.random.default_rng(0))
+    assert rects.shape == (4, 200, 4) and fits.tolist() == [True, True, False, True]
+    ok = rects[fits]
+    assert (ok[..., :2] >= 5).all() and (ok[..., 2] <= 95).all() and (ok[..., 3] <= 45).all()
+    np.testing.assert_array_equal(ok[..., 2:] - ok[..., :2], np.repeat(sizes[fits][:, None], 200, 1))
+    assert ok[0, :, 0].min() == 5 and ok[0, :, 0].max() == 85  # both ends of the range are drawn
+
+
+def test_place_greedy_takes_the_first_free_try_and_respects_earlier_copies():
+    occupied = np.array([[0, 0, 10, 10]], np.float32)
+    cands = np.array([[[5, 5, 15, 15], [20, 0, 30, 10], [40, 0, 50, 10]],     # try 0 hits occupied
+                      [[25, 5, 35, 15], [60, 0, 70, 10], [0, 0, 1, 1]],       # try 0 hits copy 0
+                      [[10, 0, 20, 10], [0, 0, 5, 5], [0, 0, 5, 5]],          # touching is allowed
+                      [[0, 0, 5, 5], [21, 1, 29, 9], [61, 1, 62, 2]]], np.float32)  # all taken
+    fits = np.array([True, True, True, True])
+    assert place_greedy(cands, fits, occupied).tolist() == [1, 1, 0, -1]
+    # without copy 0, copy 1 takes its try 0, and copy 3's try 2 is no longer under copy 1's spot
+    assert place_greedy(cands, np.array([False, True, True, True]), occupied).tolist() == [-1, 0, 0, 2]
+    assert place_greedy(cands[:0], fits[:0], occupied).tolist() == []

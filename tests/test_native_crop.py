@@ -166,7 +166,8 @@ def test_native_crop_off_is_byte_identical_to_the_whole_frame_pipeline(tmp_path:
         img, labels, _, _ = ds[k % 4]
         h.update(img.numpy().tobytes())
         h.update(labels.numpy().tobytes())
-    assert h.hexdigest() == "0dcda2c6bfd7ada54e02a66adfe9ddab583ea794a2ee3864914932a886a95418"
+    # re-recorded when copy-paste placement was vectorised (it draws its random numbers in another order)
+    assert h.hexdigest() == "dddfb3477fd206298accd1c5f5bb9ac2e220acc53f9572026db7dc1c401093ea"
 
 
 @pytest.mark.parametrize("bad", [{"native_crop": 1.5}, {"crop_bias": -0.1}, {"native_scale": 0.0}])

@@ -40,14 +40,16 @@ def build_targets(shapes: list[tuple[int, int]], targets: torch.Tensor, anchors:
         offsets = torch.zeros((0, 2), device=device)
         if nt:
             r = t[..., 4:6] / anchors[i][:, None]
-            t = t[torch.max(r, 1 / r).max(2)[0] < anchor_t]  # (m, 7)
-            gxy = t[:, 2:4]
+            matched = torch.max(r, 1 / r).max(2)[0] < anchor_t  # (na, nt)
+            gxy = t[..., 2:4]
             gxi = gain[[2, 3]] - gxy  # distance to the right/bottom border
-            j, k = ((gxy % 1 < 0.5) & (gxy > 1)).T
-            l, m = ((gxi % 1 < 0.5) & (gxi > 1)).T
-            sel = torch.stack((torch.ones_like(j), j, k, l, m))  # (5, m)
-            t = t.repeat((5, 1, 1))[sel]
-            offsets = (torch.zeros_like(gxy)[None] + off[:, None])[sel]
+            j, k = ((gxy % 1 < 0.5) & (gxy > 1)).unbind(-1)
+            l, m = ((gxi % 1 < 0.5) & (gxi > 1)).unbind(-1)
+            sel = torch.stack((matched, j & matched, k & matched, l & matched, m & matched))  # (5, na, nt)
+            # one nonzero per level (a device read-back on a GPU); its (offset, anchor, target)
+            # order is that of filtering the matches first and then picking their cells
+            o, ia, it = sel.nonzero(as_tuple=True)
+            t, offsets = t[ia, it], off[o]
         else:
             t = t[0]
         b, c = t[:, 0].long(), t[:, 1].long()

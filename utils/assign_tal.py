@@ -94,7 +94,7 @@ class TaskAlignedAssigner:
         """
         bsz, n, nc = pred_scores.shape
         m = gt_boxes.shape[1]
-        if m == 0 or not gt_mask.any():
+        if m == 0 or (gt_mask.device.type == "cpu" and not gt_mask.any()):  # a shortcut, a read-back on a GPU
             z = pred_scores.new_zeros
             return z(bsz, n, 4), z(bsz, n, nc), torch.zeros(bsz, n, dtype=torch.bool, device=pred_scores.device), \
                 torch.zeros(bsz, n, dtype=torch.long, device=pred_scores.device)
@@ -121,7 +121,7 @@ class TaskAlignedAssigner:
     def _one_gt_per_point(pos: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
         """Where a point is positive for several GTs, keep only the GT with the highest IoU."""
         multi = pos.sum(1, keepdim=True) > 1  # (B, 1, N)
-        if not multi.any():
+        if pos.device.type == "cpu" and not multi.any():  # a shortcut; on a GPU the read-back costs more
             return pos
         best = iou.masked_fill(~pos, -1).argmax(1, keepdim=True)  # (B, 1, N)
         only_best = torch.zeros_like(pos).scatter_(1, best, True)

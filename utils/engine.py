@@ -198,11 +198,11 @@ def train_one_epoch(model, loader, optimizer, compute_loss, ema, scaler, *, spec
         if spec.multi_scale:
             imgs = multi_scale(imgs, spec.imgsz, spec.grid, rng)
         r_prev = getattr(compute_loss, "r_prev", 0.0)
-        device_targets = targets.to(spec.device)
         with torch.autocast(spec.device.type, enabled=spec.amp):
-            loss, items, extras = compute_loss(model(imgs), device_targets)
+            # CPU targets: the loss moves them itself after reading their sizes on the host
+            loss, items, extras = compute_loss(model(imgs), targets)
             if aux_loss is not None:
-                loss = loss + aux_loss(imgs, device_targets, ni)
+                loss = loss + aux_loss(imgs, targets.to(spec.device), ni)
         finite = guard.note(loss, i)
         step = ni - last_opt_step >= accumulate
         if not defer:  # CPU: decide before the backward pass, so a bad loss never reaches the gradients

@@ -101,7 +101,8 @@ class ComputeLoss:
         stride = self.detect.stride.to(dev)
         anchors = self.detect.anchors.to(dev) / stride.view(-1, 1, 1)  # grid units
         shapes = [tuple(p.shape[2:4]) for p in preds]
-        tcls, tbox, indices, anch = build_targets(shapes, targets.to(dev), anchors, self.hyp["anchor_t"])
+        targets = targets.to(dev, non_blocking=True)  # the engine hands over the loader's CPU targets
+        tcls, tbox, indices, anch = build_targets(shapes, targets, anchors, self.hyp["anchor_t"])
         l_small, l_all, gains = torch.zeros((), device=dev), torch.zeros((), device=dev), []
         for i, pi in enumerate(preds):
             b, a, gj, gi = indices[i]
@@ -115,7 +116,7 @@ class ComputeLoss:
                 g = fdl_gain(area, self.r_prev, self.fdl, self.fdl_area) if self.fdl else torch.ones_like(l_i)
                 lbox += (g * l_i).mean()
                 l_det = l_i.detach()
-                l_small += l_det[area < self.fdl_area].sum()
+                l_small += torch.where(area < self.fdl_area, l_det, 0.0).sum()  # no boolean index: no read-back
                 l_all += l_det.sum()
                 gains.append(g.detach())
                 tobj[b, a, gj, gi] = iou.detach().clamp(0).type(tobj.dtype)

@@ -37,11 +37,13 @@ DFL_GAIN_PER_HYP = 30.0  # hyp['box'] 0.05 -> dfl gain 1.5
 CLS_GAIN_PER_HYP = 1.0  # hyp['cls'] 0.5 -> cls gain 0.5
 
 
-def pad_targets(targets: torch.Tensor, bsz: int, img_hw: tuple[int, int]):
-    """(nt, 6) [image, cls, cx, cy, w, h] normalized -> per-image padded GT tensors.
+def pad_targets(targets: torch.Tensor, bsz: int, img_hw: tuple[int, int], device: torch.device | None = None):
+    """(nt, 6) [image, cls, cx, cy, w, h] normalized -> per-image padded GT tensors on ``device``.
 
     Returns (labels (B, M) long, boxes (B, M, 4) xyxy input pixels, mask (B, M) bool) with M the
-    largest box count of one image (0 when there are no targets).
+    largest box count of one image (0 when there are no targets). M sizes the tensors, so it is
+    read back to the host: built from the loader's CPU targets and moved afterwards, that costs
+    no GPU synchronisation.
     """
     dev = targets.device
     img = targets[:, 0].long()
@@ -59,6 +61,8 @@ def pad_targets(targets: torch.Tensor, bsz: int, img_hw: tuple[int, int]):
         labels[img, slot] = t[:, 1].long()
         boxes[img, slot] = xywh2xyxy(t[:, 2:6] * scale)
         mask[img, slot] = True
+    if device is not None:
+        labels, boxes, mask = (x.to(device, non_blocking=True) for x in (labels, boxes, mask))
     return labels, boxes, mask
 
 
@@ -99,16 +103,17 @@ class DecoupledLoss:
         self.cls_gain = hyp["cls"] * CLS_GAIN_PER_HYP
         self.fdl, self.fdl_area = float(hyp["fdl"]), float(hyp["fdl_area"])
         self.r_prev: float | torch.Tensor = 0.0  # r_{t-1}; r_0 = 0 (a 0-d tensor after a step)
+        self.strides = detect.stride.tolist()  # read once: a per-step read of a GPU buffer syncs
 
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor, update_feedback: bool = True):
         preds = [p.float() for p in preds]  # the assignment and losses need fp32 under AMP
         dev, bsz = preds[0].device, preds[0].shape[0]
         box_logits, cls_logits = self.detect.flatten(preds)
-        strides_l = self.detect.stride.tolist()
+        strides_l = self.strides
         points, strides = grid_points([tuple(p.shape[2:]) for p in preds], strides_l, dev)
         pred_boxes = ltrb_to_xyxy(dfl_expectation(box_logits, self.reg_max), points, strides)
         img_hw = (preds[0].shape[2] * strides_l[0], preds[0].shape[3] * strides_l[0])
-        gt_labels, gt_boxes, gt_mask = pad_targets(targets.to(dev).float(), bsz, img_hw)
+        gt_labels, gt_boxes, gt_mask = pad_targets(targets.float(), bsz, img_hw, dev)
         t_boxes, t_scores, fg, _ = self.assigner(cls_logits.detach().sigmoid(), pred_boxes.detach(), points,
                                                  strides, gt_labels, gt_boxes, gt_mask)
         s_sum = t_scores.sum().clamp(min=1.0)
@@ -122,21 +127,26 @@ class DecoupledLoss:
         return (lbox + ldfl + lcls) * bsz, items, {"fdl_ratio": r_t, "fdl_gain": mean_gain}
 
     def _box_losses(self, box_logits, pred_boxes, points, strides, t_boxes, t_scores, fg, s_sum):
-        """CIoU (with the feedback-driven gain) and DFL on the positives; also r_t and the mean gain."""
-        if not fg.any():
+        """CIoU (with the feedback-driven gain) and DFL on the positives; also r_t and the mean gain.
+
+        The positives are gathered by the indices of one ``nonzero`` (one device read-back) rather
+        than by boolean indexing, which reads back once per indexed tensor.
+        """
+        bi, ni = fg.nonzero(as_tuple=True)  # row-major: the order boolean indexing gives
+        if not bi.numel():  # the count is known on the host once nonzero has run
             zero = box_logits.sum() * 0.0  # keeps the graph connected for backward
             r_prev = torch.as_tensor(self.r_prev, dtype=zero.dtype, device=zero.device)
             return zero, zero, r_prev, torch.ones((), device=zero.device)
-        w = t_scores.sum(-1)[fg]  # (P,)
-        tb = t_boxes[fg]
-        l_i = 1.0 - bbox_iou(pred_boxes[fg], tb, xywh=False, CIoU=True)
+        w = t_scores[bi, ni].sum(-1)  # (P,)
+        tb = t_boxes[bi, ni]
+        l_i = 1.0 - bbox_iou(pred_boxes[bi, ni], tb, xywh=False, CIoU=True)
         area = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
         g = fdl_gain(area, self.r_prev, self.fdl, self.fdl_area) if self.fdl else torch.ones_like(l_i)
         lbox = (g * l_i * w).sum() / s_sum
-        pts, st = points.expand(fg.shape[0], -1, -1)[fg], strides.expand(fg.shape[0], -1)[fg]
+        pts, st = points[ni], strides[ni]
         target_ltrb = torch.cat((pts - tb[:, :2], tb[:, 2:] - pts), 1) / st[:, None]
-        ldfl = (dfl_loss(box_logits[fg], target_ltrb, self.reg_max) * w).sum() / s_sum
+        ldfl = (dfl_loss(box_logits[bi, ni], target_ltrb, self.reg_max) * w).sum() / s_sum
         l_det = l_i.detach()
         l_all = l_det.sum()
-        r_t = feedback_ratio(l_det[area < self.fdl_area].sum(), l_all, self.r_prev)
+        r_t = feedback_ratio(torch.where(area < self.fdl_area, l_det, 0.0).sum(), l_all, self.r_prev)
         return lbox, ldfl, r_t, g.detach().mean()  # 0-d device tensors: no host sync per step
