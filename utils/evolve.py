@@ -54,8 +54,11 @@ HYP_BOUNDS: dict[str, tuple[float, float, float]] = {
     "mosaic9": (1, 0.0, 1.0), "copy_paste": (1, 0.0, 1.0), "cp_area": (1, 64.0, 9216.0), "cp_times": (1, 1, 5),
     "small_oversample": (1, 1, 4), "native_crop": (1, 0.0, 1.0), "native_scale": (0, 0.25, 4.0),
     "crop_bias": (1, 0.0, 1.0), "fdl": (1, 0.0, 3.0), "fdl_area": (1, 64.0, 9216.0), "stitch_tau": (1, 0.0, 0.5),
+    # feature super-resolution terms (models with a FeatureSR row; a term at 0 stays off, as every 0 key)
+    "sr_mse": (1, 0.0, 10.0), "sr_mse_bg": (1, 0.0, 1.0), "sr_tv": (1, 0.0, 1.0), "sr_adv": (1, 0.0, 1.0),
+    "sr_dcls": (1, 0.0, 1.0), "sr_d_lr": (1, 1e-5, 1e-2), "sr_every": (0, 1, 16), "sr_crop": (1, 0.0, 1.0),
 }
-INT_KEYS = frozenset({"cp_times", "small_oversample"})
+INT_KEYS = frozenset({"cp_times", "small_oversample", "sr_every"})
 METRIC_COLUMNS = ("metrics/P", "metrics/R", "metrics/mAP50", "metrics/mAP50-95", "metrics/APs", "metrics/APm",
                   "metrics/APl", "val/box_loss", "val/obj_loss", "val/cls_loss", "fitness")
 TOP_PARENTS = 5
