@@ -5,8 +5,13 @@
         models/yolov5n-p2.yaml:hyp.sod.yaml --data my-data.yaml
 
 Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path), or ``CFG:HYP:EPOCHS`` to
-give that variant its own epoch count (equal wall-clock comparisons: a cheaper model gets more
-epochs). Every run uses the same seed, image size, batch size and data; the table has AP, AP50,
+give that variant its own epoch count. ``--time HOURS`` gives every variant the same wall-clock
+budget instead (train.py --time: a cheaper variant plans more epochs), and ``--seeds 0 1`` repeats
+each variant per seed:
+
+    python -m benchmarks.ablate --data data/hit-uav.yaml --imgsz 320 --time 0.25 --seeds 0 1 \
+        --variants models/yolov5n-p2.yaml:hyp.scratch.yaml models/yolov5n-p2-af.yaml:hyp.scratch.yaml
+ Every run uses the same seed, image size, batch size and data; the table has AP, AP50,
 APs, APm, APl, ARs and AP_tiny (boxes under 16x16 px) of best.pt on the val split, parameters,
 GFLOPs at --imgsz and the training time. It is written to PROJECT/ablation.md and ablation.csv as well.
 """
@@ -34,7 +39,7 @@ DEFAULT_VARIANTS = ["models/yolov5n.yaml:hyp.scratch.yaml", "models/yolov5n-p2.y
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl", "ARs", "AP_tiny", "mAP50")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="CFG:HYP")
     p.add_argument("--data", default="data/hit-uav.yaml")
@@ -45,17 +50,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="run every variant once per seed (overrides --seed)")
+    p.add_argument("--time", type=float, default=0.0, metavar="HOURS",
+                   help="equal wall-clock: every variant trains for this budget (train.py --time; epochs = first guess)")
     p.add_argument("--project", default="runs/ablate")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def run_variant(variant: str, a: argparse.Namespace, nc: int) -> dict:
+def run_variant(variant: str, a: argparse.Namespace, nc: int, seed: int) -> dict:
     cfg, hyp, *rest = variant.split(":")
     epochs = int(rest[0]) if rest else a.epochs
-    name = f"{Path(cfg).stem}_{Path(hyp).stem.replace('hyp.', '')}" + (f"_{epochs}ep" if rest else "")
+    name = (f"{Path(cfg).stem}_{Path(hyp).stem.replace('hyp.', '')}" + (f"_{epochs}ep" if rest else "")
+            + (f"_s{seed}" if a.seeds else ""))
     argv = ["--cfg", cfg, "--hyp", hyp, "--data", a.data, "--epochs", str(epochs), "--imgsz", str(a.imgsz),
             "--batch-size", str(a.batch_size), "--nbs", str(a.nbs), "--workers", str(a.workers),
-            "--device", a.device, "--seed", str(a.seed), "--project", a.project, "--name", name, "--exist-ok"]
+            "--device", a.device, "--seed", str(seed), "--project", a.project, "--name", name, "--exist-ok",
+            "--time", str(a.time)]
     args = train.parse_args(argv)
     t0 = time.time()
     trainer = Trainer(TrainConfig.from_args(args), Path(a.project) / name)
@@ -66,7 +76,9 @@ def run_variant(variant: str, a: argparse.Namespace, nc: int) -> dict:
     metrics = evaluate(best, trainer.val_loader, trainer.names, coco_gt=trainer.data.get("val_json"),
                        area_ranges=parse_area_ranges(DEFAULT_AREA_RANGES)).metrics
     model = build_model(cfg, nc=nc)
-    return {"variant": name, "epochs": epochs, **{k: metrics.get(k, 0.0) for k in COLUMNS},
+    with open(Path(a.project) / name / "results.csv", newline="") as f:
+        trained = len(list(csv.DictReader(f)))  # with --time, the epochs the budget allowed
+    return {"variant": name, "seed": seed, "epochs": trained, **{k: metrics.get(k, 0.0) for k in COLUMNS},
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "GFLOPs": count_gflops(model, a.imgsz), "train_min": minutes}
 
@@ -86,15 +98,18 @@ def write_table(rows: list[dict], project: Path, header: str) -> str:
     return text
 
 
-def main() -> int:
-    a = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     nc = load_data_config(a.data)["nc"]
     rows = []
-    for v in a.variants:
-        rows.append(run_variant(v, a, nc))
-        header = (f"Ablation on {a.data}: epochs per row (default {a.epochs}), imgsz {a.imgsz}, "
-                  f"batch {a.batch_size}, nbs {a.nbs}, seed {a.seed}; metrics of best.pt on the val split")
-        print("\n" + write_table(rows, Path(a.project), header))
+    budget = f"wall-clock budget {a.time:g} h per run (epochs planned by train.py --time)" if a.time else \
+        f"epochs per row (default {a.epochs})"
+    for seed in a.seeds or [a.seed]:
+        for v in a.variants:
+            rows.append(run_variant(v, a, nc, seed))
+            header = (f"Ablation on {a.data}: {budget}, imgsz {a.imgsz}, batch {a.batch_size}, nbs {a.nbs}; "
+                      "metrics of best.pt on the val split")
+            print("\n" + write_table(rows, Path(a.project), header))
     return 0
 
 

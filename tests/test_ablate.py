@@ -1,0 +1,31 @@
+"""benchmarks/ablate.py: one table over variants and seeds, at equal epochs or equal wall-clock."""
+
+from __future__ import annotations
+
+import csv
+
+from benchmarks import ablate
+from tests.helpers import copy_sample
+
+
+def test_ablate_runs_each_variant_per_seed_under_a_time_budget(tmp_path):
+    d = tmp_path / "data"
+    copy_sample(d, 8, "train")
+    copy_sample(d, 4, "val")
+    (d / "data.yaml").write_text(f"path: {d}\ntrain: images/train\nval: images/val\n"
+                                 "names: [Person, Car, Bicycle, OtherVehicle]\n")
+    project = tmp_path / "ablate"
+    # a budget of ~0 s: every run ends after its first epoch although --epochs asks for 3
+    rc = ablate.main(["--variants", "models/yolov5n.yaml:hyp.scratch.yaml", "--data", str(d / "data.yaml"),
+                      "--epochs", "3", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                      "--seeds", "0", "1", "--time", "1e-6", "--project", str(project)])
+    assert rc == 0
+    with open(project / "ablation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], r["seed"], r["epochs"]) for r in rows] == [
+        ("yolov5n_scratch_s0", "0", "1"), ("yolov5n_scratch_s1", "1", "1")]
+    for r in rows:
+        assert 0.0 <= float(r["AP"]) <= 1.0 and float(r["train_min"]) > 0
+        with open(project / r["variant"] / "results.csv", newline="") as f:
+            assert len(list(csv.DictReader(f))) == 1  # the spent budget ended the run after one epoch
+    assert "wall-clock budget 1e-06 h" in (project / "ablation.md").read_text()
