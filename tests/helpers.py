@@ -71,3 +71,12 @@ def copy_sample(dst: Path, n: int, split: str = "val") -> list[Path]:
         shutil.copy(SAMPLE / "labels" / split / f"{img.stem}.txt", dst / "labels" / split / f"{img.stem}.txt")
         out.append(dst / "images" / split / img.name)
     return out
+
+
+def sample_dataset(dst: Path, n_train: int = 8, n_val: int = 4) -> Path:
+    """A dataset of the first n_train / n_val sample images under ``dst``; returns its data.yaml."""
+    copy_sample(dst, n_train, "train")
+    copy_sample(dst, n_val, "val")
+    (dst / "data.yaml").write_text(f"path: {dst}\ntrain: images/train\nval: images/val\n"
+                                   "names: [Person, Car, Bicycle, OtherVehicle]\n")
+    return dst / "data.yaml"

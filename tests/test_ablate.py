@@ -5,18 +5,15 @@ from __future__ import annotations
 import csv
 
 from benchmarks import ablate
-from tests.helpers import copy_sample
+from tests.helpers import sample_dataset
 
 
 def test_ablate_runs_each_variant_per_seed_under_a_time_budget(tmp_path):
     d = tmp_path / "data"
-    copy_sample(d, 8, "train")
-    copy_sample(d, 4, "val")
-    (d / "data.yaml").write_text(f"path: {d}\ntrain: images/train\nval: images/val\n"
-                                 "names: [Person, Car, Bicycle, OtherVehicle]\n")
+    data_yaml = sample_dataset(d)
     project = tmp_path / "ablate"
     # a budget of ~0 s: every run ends after its first epoch although --epochs asks for 3
-    rc = ablate.main(["--variants", "models/yolov5n.yaml:hyp.scratch.yaml", "--data", str(d / "data.yaml"),
+    rc = ablate.main(["--variants", "models/yolov5n.yaml:hyp.scratch.yaml", "--data", str(data_yaml),
                       "--epochs", "3", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu",
                       "--seeds", "0", "1", "--time", "1e-6", "--project", str(project)])
     assert rc == 0

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.helpers import ROOT, copy_sample
+from tests.helpers import ROOT, sample_dataset
 from utils.checkpoint import load_checkpoint, load_model
 from utils.data.stitcher import StitchingLoader
 from utils.distributed import DistInfo, elastic_restart_count, env_info, is_peer_failure, per_process_batch
@@ -94,17 +94,14 @@ def _finish(proc: subprocess.Popen, timeout: float) -> int:
 @pytest.mark.timeout(480)  # the subprocess waits below add up to 470 s on a loaded machine
 def test_torchrun_two_processes_train_stop_on_sigterm_and_resume(tmp_path):
     data = tmp_path / "data"
-    copy_sample(data, 8, "train")
-    copy_sample(data, 4, "val")
-    (data / "data.yaml").write_text(f"path: {data}\ntrain: images/train\nval: images/val\n"
-                                    "names: [Person, Car, Bicycle, OtherVehicle]\n")
+    data_yaml = sample_dataset(data)
     dump = tmp_path / "dump"
     dump.mkdir()
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(root=str(ROOT), dump=str(dump)))
     project, last = tmp_path / "runs", tmp_path / "runs" / "run" / "weights" / "last.pt"
     # global batch 4 = 2 images per process; nbs 4: every iteration is an optimizer step
-    args = ["--data", str(data / "data.yaml"), "--cfg", "models/yolov5n.yaml", "--imgsz", "64", "--batch-size", "4",
+    args = ["--data", str(data_yaml), "--cfg", "models/yolov5n.yaml", "--imgsz", "64", "--batch-size", "4",
             "--nbs", "4", "--epochs", "3", "--workers", "0", "--noautoanchor", "--noval", "--device", "cpu",
             "--project", str(project), "--name", "run"]
 

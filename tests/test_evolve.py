@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import copy_sample
+from tests.helpers import sample_dataset
 from utils.errors import ConfigError
 from utils.evolve import HYP_BOUNDS, INT_KEYS, evolve, mutate, select_parent
 from utils.hyp import load_hyp
@@ -90,11 +90,8 @@ def test_evolve_refuses_a_csv_of_other_columns(tmp_path):
 
 def test_two_generation_evolve_from_the_command_line(tmp_path):
     d = tmp_path / "data"
-    copy_sample(d, 8, "train")
-    copy_sample(d, 4, "val")
-    (d / "data.yaml").write_text(f"path: {d}\ntrain: images/train\nval: images/val\n"
-                                 "names: [Person, Car, Bicycle, OtherVehicle]\n")
-    cmd = [sys.executable, "train.py", "--evolve", "2", "--data", str(d / "data.yaml"), "--cfg", "models/yolov5n.yaml",
+    data_yaml = sample_dataset(d)
+    cmd = [sys.executable, "train.py", "--evolve", "2", "--data", str(data_yaml), "--cfg", "models/yolov5n.yaml",
            "--epochs", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--noautoanchor",
            "--optimizer", "SGD", "--project", str(tmp_path / "evolve"), "--name", "exp"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing import event_accumulator  # in requirements.txt: no skip
 
-from tests.helpers import copy_sample
+from tests.helpers import sample_dataset
 from utils.tb_logger import TensorBoardLogger
 from utils.train_config import TrainConfig
 from utils.trainer import Trainer
@@ -17,12 +17,7 @@ from utils.trainer import Trainer
 
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tb_data")
-    copy_sample(d, 8, "train")
-    copy_sample(d, 4, "val")
-    (d / "data.yaml").write_text(f"path: {d}\ntrain: images/train\nval: images/val\n"
-                                 "names: [Person, Car, Bicycle, OtherVehicle]\n")
-    return d / "data.yaml"
+    return sample_dataset(tmp_path_factory.mktemp("tb_data"))
 
 
 def _config(data: Path, **kw) -> TrainConfig:

@@ -13,7 +13,7 @@ from utils.optim import lr_lambda
 from utils.time_budget import TimeBudget
 from utils.trainer import Trainer
 from utils.train_config import TrainConfig
-from tests.helpers import copy_sample
+from tests.helpers import sample_dataset
 
 
 def test_budget_plans_the_epochs_that_fit_the_mean_epoch_time():
@@ -27,12 +27,7 @@ def test_budget_plans_the_epochs_that_fit_the_mean_epoch_time():
 
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    copy_sample(d, 8, "train")
-    copy_sample(d, 4, "val")
-    (d / "data.yaml").write_text(f"path: {d}\ntrain: images/train\nval: images/val\n"
-                                 "names: [Person, Car, Bicycle, OtherVehicle]\n")
-    return d / "data.yaml"
+    return sample_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(data, **kw) -> TrainConfig:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from tests.helpers import copy_sample
+from tests.helpers import sample_dataset
 from utils.checkpoint import load_checkpoint
 from utils.errors import RunFolderError, RunInterrupted, TrainingError
 from utils.graceful_stop import GracefulStop
@@ -24,12 +24,7 @@ from utils.trainer import Trainer
 @pytest.fixture(scope="module")
 def tiny_yaml(tmp_path_factory) -> Path:
     """8 train and 4 val images of the bundled sample."""
-    d = tmp_path_factory.mktemp("tiny")
-    copy_sample(d, 8, "train")
-    copy_sample(d, 4, "val")
-    (d / "data.yaml").write_text(f"path: {d}\ntrain: images/train\nval: images/val\n"
-                                 "names: [Person, Car, Bicycle, OtherVehicle]\n")
-    return d / "data.yaml"
+    return sample_dataset(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(data: Path, **kw) -> TrainConfig:
