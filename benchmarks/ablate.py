@@ -4,8 +4,9 @@
     python -m benchmarks.ablate --variants models/yolov5n.yaml:hyp.scratch.yaml \
         models/yolov5n-p2.yaml:hyp.sod.yaml --data my-data.yaml
 
-Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path), or ``CFG:HYP:EPOCHS`` to
-give that variant its own epoch count. ``--time HOURS`` gives every variant the same wall-clock
+Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path); optional fields after it
+give that variant its own epoch count (``CFG:HYP:EPOCHS``) or training size (``CFG:HYP:imgsz=640``,
+e.g. whole frames against --imgsz crops; validation stays at --val-imgsz). ``--time HOURS`` gives every variant the same wall-clock
 budget instead (train.py --time: a cheaper variant plans more epochs), and ``--seeds 0 1`` repeats
 each variant per seed:
 
@@ -27,10 +28,8 @@ from pathlib import Path
 import train
 from models.summary import count_gflops
 from models.yolo import build_model
-from utils.checkpoint import load_model
 from utils.coco_eval import DEFAULT_AREA_RANGES, parse_area_ranges
 from utils.data.config import load_data_config
-from utils.evaluation import evaluate
 from utils.train_config import TrainConfig
 from utils.trainer import Trainer
 
@@ -44,7 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="CFG:HYP")
     p.add_argument("--data", default="data/hit-uav.yaml")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--imgsz", type=int, default=320, help="training size (a variant's imgsz=N overrides it)")
+    p.add_argument("--val-imgsz", type=int, default=0, help="validation size; 0 = --imgsz")
+    p.add_argument("--noval", action="store_true", help="validate once, after the last epoch (more budget trains)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--nbs", type=int, default=16, help="nominal batch size (see train.py --nbs)")
     p.add_argument("--workers", type=int, default=2)
@@ -58,29 +59,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_variant(variant: str, a: argparse.Namespace, nc: int, seed: int) -> dict:
-    cfg, hyp, *rest = variant.split(":")
-    epochs = int(rest[0]) if rest else a.epochs
-    name = (f"{Path(cfg).stem}_{Path(hyp).stem.replace('hyp.', '')}" + (f"_{epochs}ep" if rest else "")
-            + (f"_s{seed}" if a.seeds else ""))
-    argv = ["--cfg", cfg, "--hyp", hyp, "--data", a.data, "--epochs", str(epochs), "--imgsz", str(a.imgsz),
-            "--batch-size", str(a.batch_size), "--nbs", str(a.nbs), "--workers", str(a.workers),
-            "--device", a.device, "--seed", str(seed), "--project", a.project, "--name", name, "--exist-ok",
-            "--time", str(a.time)]
-    args = train.parse_args(argv)
+    cfg, hyp, epochs, imgsz, suffix = parse_variant(variant, a.epochs, a.imgsz)
+    name = f"{Path(cfg).stem}_{Path(hyp).stem.replace('hyp.', '')}{suffix}" + (f"_s{seed}" if a.seeds else "")
+    argv = ["--cfg", cfg, "--hyp", hyp, "--data", a.data, "--epochs", str(epochs), "--imgsz", str(imgsz),
+            "--val-imgsz", str(a.val_imgsz or a.imgsz), "--batch-size", str(a.batch_size), "--nbs", str(a.nbs),
+            "--workers", str(a.workers), "--device", a.device, "--seed", str(seed), "--project", a.project,
+            "--name", name, "--exist-ok", "--time", str(a.time), "--noplots", "--no-tensorboard"]
+    args = train.parse_args(argv + (["--noval"] if a.noval else []))
     t0 = time.time()
     trainer = Trainer(TrainConfig.from_args(args), Path(a.project) / name)
-    trainer.fit()
+    trainer.area_ranges = parse_area_ranges(DEFAULT_AREA_RANGES)  # AP_tiny beside the COCO bins
+    metrics = trainer.fit()  # of best.pt
     minutes = (time.time() - t0) / 60
-    # best.pt again with the tiny size bin (training validates with the COCO bins only)
-    best, _ = load_model(Path(a.project) / name / "weights" / "best.pt", trainer.device)
-    metrics = evaluate(best, trainer.val_loader, trainer.names, coco_gt=trainer.data.get("val_json"),
-                       area_ranges=parse_area_ranges(DEFAULT_AREA_RANGES)).metrics
     model = build_model(cfg, nc=nc)
     with open(Path(a.project) / name / "results.csv", newline="") as f:
         trained = len(list(csv.DictReader(f)))  # with --time, the epochs the budget allowed
     return {"variant": name, "seed": seed, "epochs": trained, **{k: metrics.get(k, 0.0) for k in COLUMNS},
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "GFLOPs": count_gflops(model, a.imgsz), "train_min": minutes}
+            "GFLOPs": count_gflops(model, imgsz), "train_min": minutes}
+
+
+def parse_variant(variant: str, epochs: int, imgsz: int) -> tuple[str, str, int, int, str]:
+    """``CFG:HYP[:EPOCHS][:imgsz=N]`` -> (cfg, hyp, epochs, imgsz, run-name suffix)."""
+    cfg, hyp, *extras = variant.split(":")
+    suffix = ""
+    for extra in extras:
+        if extra.isdigit():
+            epochs, suffix = int(extra), suffix + f"_{extra}ep"
+        elif extra.startswith("imgsz=") and extra[6:].isdigit():
+            imgsz, suffix = int(extra[6:]), suffix + f"_{extra[6:]}px"
+        else:
+            raise SystemExit(f"variant '{variant}': '{extra}' is neither EPOCHS nor imgsz=N")
+    return cfg, hyp, epochs, imgsz, suffix
 
 
 def write_table(rows: list[dict], project: Path, header: str) -> str:
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in a.seeds or [a.seed]:
         for v in a.variants:
             rows.append(run_variant(v, a, nc, seed))
-            header = (f"Ablation on {a.data}: {budget}, imgsz {a.imgsz}, batch {a.batch_size}, nbs {a.nbs}; "
+            header = (f"Ablation on {a.data}: {budget}, imgsz {a.imgsz} (val {a.val_imgsz or a.imgsz}), batch {a.batch_size}, nbs {a.nbs}; "
                       "metrics of best.pt on the val split")
             print("\n" + write_table(rows, Path(a.project), header))
     return 0

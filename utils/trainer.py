@@ -33,8 +33,15 @@ from utils.errors import ConfigError, DatasetError, RunInterrupted
 from utils.hyp import load_hyp
 from utils.loss import build_loss
 from utils.metrics import fitness
-from utils.optim import (build_optimizer, build_scheduler, build_warmup, freeze_layers, lr_lambda,
-                         resolve_auto_optimizer, warmup_iterations)
+from utils.optim import (
+    build_optimizer,
+    build_scheduler,
+    build_warmup,
+    freeze_layers,
+    lr_lambda,
+    resolve_auto_optimizer,
+    warmup_iterations,
+)
 from utils.plots import plot_labels, plot_train_batch
 from utils.results_log import ResultsLog
 from utils.results_plot import plot_results
@@ -86,6 +93,7 @@ class Trainer:
             print(f"froze {freeze_layers(self.model, config.freeze)} parameter tensors")
         self.grid = max(int(self.model.stride.max()), 32)
         self.val_imgsz = config.val_imgsz or config.imgsz
+        self.area_ranges = None  # extra COCO size bins for validation, e.g. {"tiny": (0, 16)} (benchmarks set it)
         for flag, size in (("--imgsz", config.imgsz), ("--val-imgsz", self.val_imgsz)):
             if size % self.grid:
                 raise ConfigError(f"{flag} {size} must be a multiple of the largest stride {self.grid}")
@@ -222,6 +230,7 @@ class Trainer:
         from utils.evaluation import evaluate
 
         result = evaluate(self.ema.ema, self.val_loader, self.names, coco_gt=self.data.get("val_json"),
+                          area_ranges=self.area_ranges,
                           compute_loss=functools.partial(self.compute_loss, update_feedback=False))
         print_results(result, self.names)
         self.last_eval = result  # PR curves for TensorBoard
@@ -368,6 +377,7 @@ class Trainer:
         model, _ = load_model(best, self.device)
         print(f"\nValidating {best}...")
         result = evaluate(model, self.val_loader, self.names, coco_gt=self.data.get("val_json"),
+                          area_ranges=self.area_ranges,
                           callback=None if self.config.noplots else BatchPlotter(self.save_dir, self.names))
         print_results(result, self.names)
         if not self.config.noplots:
