@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
+import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -54,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="run every variant once per seed (overrides --seed)")
     p.add_argument("--time", type=float, default=0.0, metavar="HOURS",
                    help="equal wall-clock: every variant trains for this budget (train.py --time; epochs = first guess)")
+    p.add_argument("--train-args", default="", metavar="'ARGS'",
+                   help="more train.py flags for every run, e.g. --train-args '--close-mosaic 10'")
+    p.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                   help="no training: merge ablation.csv files of separate runs (e.g. one per seed) into one table")
     p.add_argument("--project", default="runs/ablate")
     return p.parse_args(argv)
 
@@ -65,7 +72,7 @@ def run_variant(variant: str, a: argparse.Namespace, nc: int, seed: int) -> dict
             "--val-imgsz", str(a.val_imgsz or a.imgsz), "--batch-size", str(a.batch_size), "--nbs", str(a.nbs),
             "--workers", str(a.workers), "--device", a.device, "--seed", str(seed), "--project", a.project,
             "--name", name, "--exist-ok", "--time", str(a.time), "--noplots", "--no-tensorboard"]
-    args = train.parse_args(argv + (["--noval"] if a.noval else []))
+    args = train.parse_args(argv + (["--noval"] if a.noval else []) + shlex.split(a.train_args))
     t0 = time.time()
     trainer = Trainer(TrainConfig.from_args(args), Path(a.project) / name)
     trainer.area_ranges = parse_area_ranges(DEFAULT_AREA_RANGES)  # AP_tiny beside the COCO bins
@@ -94,22 +101,61 @@ def parse_variant(variant: str, epochs: int, imgsz: int) -> tuple[str, str, int,
 
 
 def write_table(rows: list[dict], project: Path, header: str) -> str:
-    keys = list(rows[0])
-    lines = [header, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-    text = "\n".join(lines)
+    """ablation.md (one row per run, then the mean over seeds when a variant ran more than once) and ablation.csv."""
+    text = "\n".join([header, "", *markdown_table(rows)])
+    means = mean_over_seeds(rows)
+    if any(m["seeds"] > 1 for m in means):
+        text += "\n\nMean over seeds (AP per seed in the last column):\n\n" + "\n".join(markdown_table(means))
     project.mkdir(parents=True, exist_ok=True)
     (project / "ablation.md").write_text(text + "\n")
     with open(project / "ablation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     return text
 
 
+def markdown_table(rows: list[dict]) -> list[str]:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    return lines
+
+
+def mean_over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per variant (run name without its ``_sN`` seed suffix): the mean of every metric over its seeds."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(re.sub(r"_s\d+$", "", r["variant"]), []).append(r)
+    means = []
+    for name, runs in groups.items():
+        runs = sorted(runs, key=lambda r: int(r["seed"]))
+        m = {"variant": name, "seeds": len(runs),
+             "epochs": statistics.mean(float(r["epochs"]) for r in runs)}
+        m.update({k: statistics.mean(float(r[k]) for r in runs) for k in (*COLUMNS, "train_min")})
+        m["AP per seed"] = " / ".join(f"{float(r['AP']):.3f}" for r in runs)
+        means.append(m)
+    return means
+
+
+def merge(paths: list[str], project: Path) -> str:
+    """Combine the ablation.csv files of separate runs into one ablation.md/.csv in ``project``."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            rows += [{k: (v if k == "variant" else int(v) if v.isdigit() else float(v)) for k, v in r.items()}
+                     for r in csv.DictReader(f)]
+    if not rows:
+        raise SystemExit(f"no rows in {', '.join(paths)}")
+    return write_table(rows, project, f"Ablation merged from {len(paths)} file(s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.merge:
+        print(merge(a.merge, Path(a.project)))
+        return 0
     nc = load_data_config(a.data)["nc"]
     rows = []
     budget = f"wall-clock budget {a.time:g} h per run (epochs planned by train.py --time)" if a.time else \
@@ -117,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in a.seeds or [a.seed]:
         for v in a.variants:
             rows.append(run_variant(v, a, nc, seed))
-            header = (f"Ablation on {a.data}: {budget}, imgsz {a.imgsz} (val {a.val_imgsz or a.imgsz}), batch {a.batch_size}, nbs {a.nbs}; "
-                      "metrics of best.pt on the val split")
+            header = (f"Ablation on {a.data}: {budget}, imgsz {a.imgsz} (val {a.val_imgsz or a.imgsz}), "
+                      f"batch {a.batch_size}, nbs {a.nbs}; metrics of best.pt on the val split")
             print("\n" + write_table(rows, Path(a.project), header))
     return 0
 

@@ -35,3 +35,16 @@ def test_variant_fields_set_epochs_and_training_size():
     assert ablate.parse_variant("m.yaml:h.yaml:30:imgsz=640", 15, 320) == ("m.yaml", "h.yaml", 30, 640, "_30ep_640px")
     with pytest.raises(SystemExit, match="neither EPOCHS nor imgsz"):
         ablate.parse_variant("m.yaml:h.yaml:size=640", 15, 320)
+
+
+def test_merge_writes_the_mean_over_seeds_per_variant(tmp_path):
+    header = "variant,seed,epochs," + ",".join(ablate.COLUMNS) + ",params_M,GFLOPs,train_min\n"
+    rest = ",".join(["0.1"] * (len(ablate.COLUMNS) - 1)) + ",1.8,4.9,1.0\n"
+    for seed, ap in ((1, 0.3), (0, 0.1)):  # one file per seed, as parallel runs write them
+        (tmp_path / f"s{seed}.csv").write_text(header + f"m_native_s{seed},{seed},10,{ap}," + rest)
+    text = ablate.merge([str(tmp_path / "s1.csv"), str(tmp_path / "s0.csv")], tmp_path / "out")
+    mean_row = [line for line in text.splitlines() if line.startswith("| m_native |")]
+    assert len(mean_row) == 1
+    cells = [c.strip() for c in mean_row[0].strip("|").split("|")]
+    assert cells[1] == "2" and cells[3] == "0.200" and cells[-1] == "0.100 / 0.300"  # seeds, mean AP, per seed
+    assert (tmp_path / "out" / "ablation.csv").read_text().count("m_native_s") == 2
