@@ -2,7 +2,7 @@
 
     python -m benchmarks.ablate --data data/hit-uav.yaml --epochs 20 --imgsz 320 --nbs 16
     python -m benchmarks.ablate --variants models/yolov5n.yaml:hyp.scratch.yaml \
-        models/yolov5n-p2.yaml:hyp.sod.yaml --data my-data.yaml
+        models/yolov5n-p2.yaml:hyp.sod-all.yaml --data my-data.yaml
 
 Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path); optional fields after it
 give that variant its own epoch count (``CFG:HYP:EPOCHS``) or training size (``CFG:HYP:imgsz=640``,
@@ -37,7 +37,7 @@ from utils.train_config import TrainConfig
 from utils.trainer import Trainer
 
 DEFAULT_VARIANTS = ["models/yolov5n.yaml:hyp.scratch.yaml", "models/yolov5n-p2.yaml:hyp.scratch.yaml",
-                    "models/yolov5n-p2.yaml:hyp.sod.yaml"]
+                    "models/yolov5n-p2.yaml:hyp.sod-all.yaml"]
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl", "ARs", "AP_tiny", "mAP50")
 
 

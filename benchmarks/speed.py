@@ -11,7 +11,7 @@ load spike on a shared machine hits both alike. All models have 80 classes and r
 Rows, per model pair (ours / ultralytics, P2 against P2):
   train step (forward, loss, backward, SGD step), batch --batch at --imgsz: on a fixed batch of
       noise images (no loader), and with each project's real training loader (ours: mosaic and
-      small-object copy-paste of hyp.sod.yaml; ultralytics: its default mosaic pipeline);
+      small-object copy-paste of hyp.sod-all.yaml; ultralytics: its default mosaic pipeline);
   loader alone: batches per second of those two loaders;
   latency at batch 1 and 8, forward + decode + NMS on a ready tensor: eager and fused for both;
       ours also through TorchScript and ONNX Runtime (the runtimes export.py writes);
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlap", type=float, default=0.2)
     p.add_argument("--slice-batches", nargs="+", type=int, default=[1, 8], help="tiles per forward pass")
     p.add_argument("--data", default="data/hit-uav-sample.yaml", help="dataset of the loader rows (train split)")
-    p.add_argument("--hyp", default="data/hyps/hyp.sod.yaml", help="our training hyperparameters")
+    p.add_argument("--hyp", default="data/hyps/hyp.sod-all.yaml", help="our training hyperparameters")
     p.add_argument("--workers", type=int, default=2, help="loader processes, both sides")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads, both sides")
     p.add_argument("--ultra-python", default="/work/venvs/ultra/bin/python",
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 o, u = alternate(a.rounds, lambda: ours.loader(cfg),
                                  lambda: side.ask("loader", model=ucfg, data=data["ultra_yaml"], workers=a.workers,
                                                   **common))
-                row(f"loader alone b{a.batch}", "ours (hyp.sod)", o, "ultralytics default", u, a.batch)
+                row(f"loader alone b{a.batch}", "ours (hyp.sod-all)", o, "ultralytics default", u, a.batch)
             if "latency" in a.sections:
                 for b in a.latency_batches:
                     for rt in a.runtimes:

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="subset sampling and training seed")
     p.add_argument("--cfg", default="models/yolov5n-p2.yaml", help="our model YAML")
-    p.add_argument("--hyp", default="data/hyps/hyp.sod.yaml", help="our hyperparameter YAML")
+    p.add_argument("--hyp", default="data/hyps/hyp.sod-all.yaml", help="our hyperparameter YAML")
     p.add_argument("--ultra-model", default="yolov8n-p2.yaml", help="ultralytics model YAML (no weights)")
     p.add_argument("--ultra-python", default=str(REPO.parent / "venvs" / "ultra" / "bin" / "python"),
                    help="python of the virtual environment that has ultralytics")
