@@ -24,14 +24,14 @@ def test_hyp_bounds_cover_every_hyperparameter_including_the_small_object_keys()
     for k in ("mosaic9", "copy_paste", "cp_area", "cp_times", "small_oversample", "fdl", "fdl_area", "stitch_tau",
               "native_crop", "crop_bias"):
         assert HYP_BOUNDS[k][0] > 0, k  # evolved
-    for name in ("hyp.sod.yaml", "hyp.sr.yaml", "hyp.native.yaml"):
+    for name in ("hyp.sod.yaml", "hyp.sod-all.yaml", "hyp.sr.yaml", "hyp.native.yaml"):
         shipped = load_hyp(name)
         for k, (_, lo, hi) in HYP_BOUNDS.items():
             assert lo <= shipped[k] <= hi, (name, k)  # the shipped recipes lie inside the bounds
 
 
 def test_mutation_stays_in_bounds_and_keeps_fixed_keys():
-    parent = load_hyp("hyp.sod.yaml")
+    parent = load_hyp("hyp.sod-all.yaml")  # every method on: their keys must mutate too
     changed = set()
     for seed in range(200):
         child = mutate(parent, np.random.default_rng(seed))
