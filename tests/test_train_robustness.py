@@ -123,3 +123,11 @@ def test_a_nearly_full_disk_fails_before_training(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "only 5 MiB free on its disk" in err[0]
     assert not (tmp_path / "runs" / "exp").exists()  # no run folder was started
+
+
+def test_epoch_without_an_optimizer_step_gives_no_scheduler_warning(tiny_yaml, tmp_path, recwarn):
+    # batch 4, nominal batch 64: the 2 batches of an epoch never reach one accumulated optimizer step
+    trainer = Trainer(_config(tiny_yaml, batch_size=4, nbs=64, epochs=1, noplots=True), tmp_path / "run")
+    trainer.fit()
+    assert trainer.scheduler.last_epoch == 1  # the per-epoch schedule still advanced
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
