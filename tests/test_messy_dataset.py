@@ -56,7 +56,7 @@ CASES = {
     "far.jpg": ("0 5.0 0.5 0.2 0.2\n", "outside [0, 1]"),
     "dup.jpg": (BOX + BOX + "0 0.2 0.2 0.1 0.1\n", "1 duplicate rows removed"),
     "crlf.jpg": ("0 0.5 0.5 0.2 0.2\r\n1 0.2 0.2 0.1 0.1\r\n", "CRLF"),
-    "empty.jpg": ("", "empty label file"),
+    "empty.jpg": ("", None),  # a background image: counted in the summary, no warning
     "nolabel.jpg": (None, "no label file"),
     "classnc.jpg": ("0 0.5 0.5 0.2 0.2\n4 0.2 0.2 0.1 0.1\n", "class 4 outside the 4 names"),
 }

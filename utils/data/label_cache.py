@@ -33,7 +33,7 @@ from utils.data.scan_report import (NOTE_NO_LABEL, SKIP_IMAGE, SKIP_ROW, ScanRes
 from utils.errors import LabelError
 
 LOGGER = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: notes with kinds, skip reason and damaged flag per image
+CACHE_VERSION = 3  # 2: notes with kinds, skip reason and damaged flag per image; 3: no note for empty label files
 
 
 @dataclass

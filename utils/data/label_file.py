@@ -21,7 +21,6 @@ from utils.errors import LabelError
 COORD_TOL = 0.01  # normalized coordinates may exceed [0, 1] by this much (rounding in converters)
 NOTE_DUPLICATES = "duplicate rows"  # the kinds of notes, as the scan's warnings group them
 NOTE_CRLF = "CRLF line endings"
-NOTE_EMPTY = "empty label file"
 
 
 def _polygon_to_box(points: np.ndarray) -> np.ndarray:
@@ -63,14 +62,13 @@ def parse_label_text(text: str, label_file: str) -> tuple[np.ndarray, list[np.nd
 
     Returns (labels float32 (n, 5) [cls, cx, cy, w, h] normalized, segments ([] or n float32
     (k, 2) normalized polygons), notes [(kind, line naming the file)]). Exact duplicate rows are
-    removed with a note; CRLF line endings and an empty file are read as usual, with a note.
+    removed with a note; CRLF line endings are read as usual, with a note. An empty file is the
+    YOLO way to mark a background image: no note (the scan's summary counts backgrounds).
     """
     notes = []
     if "\r\n" in text:
         notes.append((NOTE_CRLF, f"{label_file}: Windows (CRLF) line endings, read as usual"))
     numbered = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-    if not numbered:
-        notes.append((NOTE_EMPTY, f"{label_file}: empty label file, the image is a background"))
     rows = [_parse_row(ln, f"{label_file}:{n}") for n, ln in numbered]
     # Exact duplicate rows are annotation mistakes; keeping them would double the loss of one object.
     keys = [tuple(r) for r in rows]
