@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,6 +99,14 @@ class Warmup:
     @property
     def steady_accumulate(self) -> int:
         return max(round(self.accumulate), 1)
+
+
+def step_scheduler(scheduler: LambdaLR) -> None:
+    """Advance the per-epoch schedule. An epoch can end before its first optimizer step (accumulation
+    longer than a tiny dataset, or AMP skipping an inf step); PyTorch then warns, but the schedule is right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
 
 
 def warmup_iterations(warmup_epochs: float, nb: int, epochs: int, minimum: int = 100) -> int:

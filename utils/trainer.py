@@ -16,7 +16,6 @@ import functools
 import math
 import signal
 import time
-import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from utils.optim import (
     freeze_layers,
     lr_lambda,
     resolve_auto_optimizer,
+    step_scheduler,
     warmup_iterations,
 )
 from utils.plots import plot_labels, plot_train_batch
@@ -283,11 +283,7 @@ class Trainer:
             if result.stopped:
                 self._save_interrupted(epoch)
             lrs = {f"lr/pg{i}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-            with warnings.catch_warnings():
-                # an epoch can end before its first optimizer step (accumulation longer than a tiny
-                # dataset, or AMP skipping an inf step); the per-epoch schedule is still right
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                self.scheduler.step()
+            step_scheduler(self.scheduler)
             # rank 0's clock decides, so every process ends after the same epoch
             final = broadcast_object(epoch + 1 == self.epochs or self._budget_spent(t0), self.dist)
             stale = self._end_epoch(epoch, result.stats, lrs, t0, stale, final, tb) if self.main else 0
