@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--nbs", type=int, default=64, help="nominal batch size (both sides)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0, help="subset sampling and training seed")
+    p.add_argument("--seed", type=int, default=0, help="training seed (both sides)")
+    p.add_argument("--subset-seed", type=int, default=0,
+                   help="seed of the fixed train subset; keep it when comparing training seeds")
     p.add_argument("--cfg", default="models/yolov5n-p2.yaml", help="our model YAML")
     p.add_argument("--hyp", default="data/hyps/hyp.sod-all.yaml", help="our hyperparameter YAML")
     p.add_argument("--ultra-model", default="yolov8n-p2.yaml", help="ultralytics model YAML (no weights)")
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_json(work / "data" / "data.json") if a.only == ["report"] else None
         if data is None:
-            data = prepare_data(Path(a.data), work / "data", a.train_images, a.seed)
+            data = prepare_data(Path(a.data), work / "data", a.train_images, a.subset_seed)
         if "ultralytics" in a.only:
             run_ultralytics(a, work, data)
         if "ours" in a.only:
