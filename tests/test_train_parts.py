@@ -40,7 +40,10 @@ def test_optimizer_groups_decay_only_conv_weights(model):
 
 
 def test_auto_optimizer_picks_adamw_for_short_runs_and_sgd_for_long():
-    assert resolve_auto_optimizer("auto", 0.01, 0.937, 500, nc=4) == ("AdamW", 0.00125, 0.9)
+    assert resolve_auto_optimizer("auto", 0.01, 0.937, 500, nc=4) == ("AdamW", 0.01, 0.9)
+    assert resolve_auto_optimizer("auto", 0.004, 0.937, 500, nc=4) == ("AdamW", 0.004, 0.9)  # the hyp's lr0
+    # fine-tuning keeps ultralytics' small lr
+    assert resolve_auto_optimizer("auto", 0.01, 0.937, 500, nc=4, pretrained=True) == ("AdamW", 0.00125, 0.9)
     assert resolve_auto_optimizer("auto", 0.01, 0.937, 20000, nc=4) == ("SGD", 0.01, 0.937)
     assert resolve_auto_optimizer("SGD", 0.02, 0.9, 5, nc=4) == ("SGD", 0.02, 0.9)
 

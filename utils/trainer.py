@@ -153,7 +153,8 @@ class Trainer:
         accumulate = max(round(c.nbs / c.batch_size), 1)
         wd = hyp["weight_decay"] * c.batch_size * accumulate / c.nbs
         steps = math.ceil(len(self.train_ds) / max(c.batch_size, c.nbs)) * c.epochs
-        name, lr0, momentum = resolve_auto_optimizer(c.optimizer, hyp["lr0"], hyp["momentum"], steps, self.data["nc"])
+        name, lr0, momentum = resolve_auto_optimizer(c.optimizer, hyp["lr0"], hyp["momentum"], steps, self.data["nc"],
+                                                  pretrained=bool(c.weights))
         chose = " ('auto' chose it)" if c.optimizer == "auto" else ""
         print(f"optimizer: {name}(lr={lr0:g}, momentum={momentum:g}) for {steps} optimizer steps{chose}")
         self.hyp = hyp = {**hyp, "lr0": lr0, "momentum": momentum}
