@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume from last.pt (newest run if no path)")
     p.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM")
-    p.add_argument("--optimizer", default="auto", choices=OPTIMIZERS, help="auto: AdamW for short runs (<10k steps), else SGD")
+    p.add_argument("--optimizer", default="auto", choices=OPTIMIZERS, help="auto: AdamW at the hyp lr0 for short runs (<10k steps), else SGD")
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate schedule")
     p.add_argument("--patience", type=int, default=100, help="stop after this many epochs without improvement")
     p.add_argument("--seed", type=int, default=0)

@@ -18,9 +18,10 @@ Each generation trains in ``<run>/train/`` (replaced by the next one) with valid
 the last epoch, only the final checkpoint, no plots and no TensorBoard. A key at 0 stays 0 (the mutation
 multiplies; as in YOLOv5): give it a non-zero value in ``--hyp`` to evolve it. Keys with gain 0 are
 never changed: ``iou_t`` (unused), ``native_scale`` (inference must use the same scale),
-``perspective`` and ``fliplr`` (as YOLOv5). With ``--optimizer auto`` on a short run the learning
-rate is chosen by the optimizer rule, not ``lr0``; pass ``--optimizer SGD`` (or Adam/AdamW) to
-evolve ``lr0``.
+``perspective`` and ``fliplr`` (as YOLOv5). ``lr0`` is evolved whatever the optimizer: ``--optimizer
+auto`` uses it for AdamW on short runs from scratch too (only fine-tuning from ``--weights`` takes
+the optimizer rule's small lr); ``momentum`` is SGD's and does not reach the AdamW that ``auto``
+picks.
 """
 
 from __future__ import annotations
