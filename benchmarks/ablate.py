@@ -7,8 +7,8 @@
 Each variant is ``CFG:HYP`` (HYP by name under data/hyps/ or a path); optional fields after it
 give that variant its own epoch count (``CFG:HYP:EPOCHS``) or training size
 (``CFG:HYP:imgsz=640``, e.g. whole frames against --imgsz crops; validation stays at --val-imgsz).
-``--time HOURS`` gives every variant the same wall-clock budget instead (train.py --time: a cheaper variant plans more epochs), and ``--seeds 0 1`` repeats
-each variant per seed:
+``--time HOURS`` gives every variant the same wall-clock budget instead (train.py --time: a
+cheaper variant plans more epochs), and ``--seeds 0 1`` repeats each variant per seed:
 
     python -m benchmarks.ablate --data data/hit-uav.yaml --imgsz 320 --time 0.25 --seeds 0 1 \
         --variants models/yolov5n-p2.yaml:hyp.scratch.yaml models/yolov5n-p2-af.yaml:hyp.scratch.yaml
